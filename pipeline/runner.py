@@ -1,0 +1,302 @@
+"""The stage runner every offline stage (captions, cues, features) reuses.
+
+A stage turns a table of work items (usually manifest frames) into output rows, and
+optionally fixed-shape arrays. The runner owns everything else:
+
+* output in ``cache/<dataset>/<stage>/<fingerprint>/`` (see :mod:`pipeline.fingerprint`);
+* items split into contiguous shards of ``shard_size``; each shard's arrays
+  (``shard-00003.<key>.npy``) and then its Parquet rows (``shard-00003.parquet``) are written
+  to a temp file and renamed, so the Parquet file is the shard's commit marker. A re-run
+  skips committed shards: a stage killed with SIGKILL and started again ends with exactly
+  the rows of an uninterrupted run;
+* ``num_shards``/``shard_index`` (and, under ``accelerate launch`` or ``torchrun``, the
+  process rank) pick which shards this process writes; one shared output, no double work;
+* models load lazily: :meth:`Stage.setup` runs only if some shard still needs work, so a
+  second run over a finished stage loads nothing;
+* one bad row never stops a stage: a batch that raises is retried row by row and a row
+  that still raises is kept with its error in the ``failure`` column;
+* ``card.json`` (config, inputs, counts, failures) and ``.completed`` once all shards exist,
+  plus ``cache/<dataset>/<stage>/latest[-tag].json`` pointing downstream stages at it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipeline.fingerprint import canonical_json, fingerprint, stage_dir
+
+FAILURE = "failure"
+COMPLETED = ".completed"
+CARD = "card.json"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run or its output cannot be read; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Per-row shape and dtype of one array a stage writes (the first axis is the row)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float16"
+
+
+@dataclass
+class ShardOutput:
+    """What :meth:`Stage.process_batch` returns: one row per item, arrays aligned with them."""
+
+    rows: pd.DataFrame
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Stage(ABC):
+    """One offline stage. Subclasses set ``name`` and implement ``config``/``process_batch``."""
+
+    name: str = "stage"
+    key_columns: tuple[str, ...] = ("uid", "frame_idx")
+    batch_size: int = 16
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the output; hashed into the fingerprint."""
+
+    def setup(self) -> None:
+        """Load models. Called once, and only when some shard still needs work."""
+
+    def array_specs(self) -> dict[str, ArraySpec]:
+        """Arrays this stage writes per row (known before any row is processed)."""
+        return {}
+
+    @abstractmethod
+    def process_batch(self, items: pd.DataFrame) -> ShardOutput:
+        """Process a micro-batch. Return rows with the key columns and ``failure`` ('' if ok).
+
+        A row known to be bad (unreadable file) should get its ``failure`` text here; an
+        exception instead makes the runner retry the batch row by row.
+        """
+
+    def failed_output(self, item: pd.Series, error: str) -> ShardOutput:
+        """The row kept for an item whose processing raised (arrays are zero-filled)."""
+        row = {k: item[k] for k in self.key_columns}
+        row[FAILURE] = error
+        arrays = {k: np.zeros((1, *s.shape), dtype=s.dtype) for k, s in self.array_specs().items()}
+        return ShardOutput(pd.DataFrame([row]), arrays)
+
+    def summary(self, rows: pd.DataFrame) -> dict[str, Any]:
+        """Extra stage-specific counts for the card (e.g. memo hit rate)."""
+        return {}
+
+
+@dataclass
+class StageResult:
+    out_dir: Path
+    fingerprint: str
+    n_rows: int
+    failures: list[dict[str, Any]]
+    elapsed_s: float
+    complete: bool
+    skipped: bool  # True when everything was already done (no model loaded)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under ``accelerate launch``/``torchrun``; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def assigned_shards(n_shards: int, num_shards: int = 1, shard_index: int = 0) -> list[int]:
+    """Shards one process writes: machines split by ``--num-shards/--shard-index``, then by rank.
+
+    >>> assigned_shards(5, 2, 1)
+    [1, 3]
+    """
+    if not 0 <= shard_index < num_shards:
+        raise StageError(f"--shard-index {shard_index} must be in [0, {num_shards})")
+    rank, world = process_rank()
+    parts, part = num_shards * world, shard_index * world + rank
+    return [k for k in range(n_shards) if k % parts == part]
+
+
+def shard_name(k: int, key: str | None = None) -> str:
+    return f"shard-{k:05d}.parquet" if key is None else f"shard-{k:05d}.{key}.npy"
+
+
+def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_npy(arr: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _concat(outputs: list[ShardOutput], specs: dict[str, ArraySpec]) -> ShardOutput:
+    rows = pd.concat([o.rows for o in outputs], ignore_index=True)
+    arrays = {}
+    for key, spec in specs.items():
+        parts = [o.arrays[key] for o in outputs]
+        arr = np.concatenate(parts, axis=0).astype(spec.dtype, copy=False)
+        if arr.shape[1:] != tuple(spec.shape):
+            raise StageError(f"array {key!r} has per-row shape {arr.shape[1:]}, declared {spec.shape}")
+        arrays[key] = arr
+    if FAILURE not in rows.columns:
+        rows[FAILURE] = ""
+    rows[FAILURE] = rows[FAILURE].fillna("").astype(str)
+    return ShardOutput(rows, arrays)
+
+
+def _run_batch(stage: Stage, items: pd.DataFrame) -> ShardOutput:
+    specs = stage.array_specs()
+    try:
+        out = stage.process_batch(items)
+        if len(out.rows) != len(items):
+            raise StageError(f"{stage.name}: process_batch returned {len(out.rows)} rows for {len(items)} items")
+        return _concat([out], specs)
+    except Exception as exc:  # isolate the bad row(s); never stop the stage
+        if len(items) == 1:
+            return _concat([stage.failed_output(items.iloc[0], f"{type(exc).__name__}: {exc}")], specs)
+        return _concat([_run_batch(stage, items.iloc[[i]]) for i in range(len(items))], specs)
+
+
+def run_stage(
+    stage: Stage,
+    items: pd.DataFrame,
+    *,
+    cache_root: str | Path,
+    dataset: str,
+    inputs: dict[str, str],
+    shard_size: int = 256,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    tag: str | None = None,
+    progress: bool = True,
+) -> StageResult:
+    """Run ``stage`` over ``items`` (rows in a fixed order) into its fingerprinted directory."""
+    t0 = time.perf_counter()
+    config = {**stage.config(), "_shard_size": shard_size}
+    fp = fingerprint(config, inputs)
+    out = stage_dir(cache_root, dataset, stage.name, fp)
+    out.mkdir(parents=True, exist_ok=True)
+    items = items.reset_index(drop=True)
+    n_shards = max(1, -(-len(items) // shard_size))
+    specs = stage.array_specs()
+    mine = assigned_shards(n_shards, num_shards, shard_index)
+    todo = [k for k in mine if not (out / shard_name(k)).exists()]
+    skipped = not todo
+    if todo:
+        stage.setup()
+        total = sum(len(items.iloc[k * shard_size:(k + 1) * shard_size]) for k in todo)
+        bar = tqdm(total=total, desc=f"{dataset}/{stage.name}", unit="row", disable=not progress, file=sys.stderr)
+        for k in todo:
+            chunk = items.iloc[k * shard_size:(k + 1) * shard_size]
+            outputs = []
+            for b in range(0, len(chunk), stage.batch_size):
+                batch = chunk.iloc[b:b + stage.batch_size]
+                outputs.append(_run_batch(stage, batch))
+                bar.update(len(batch))
+            shard = _concat(outputs, specs)
+            for key, arr in shard.arrays.items():
+                _atomic_write_npy(arr, out / shard_name(k, key))
+            _atomic_write_parquet(shard.rows, out / shard_name(k))  # commit marker: written last
+        bar.close()
+    complete = all((out / shard_name(k)).exists() for k in range(n_shards))
+    rows = read_shards(out, n_shards) if complete else pd.DataFrame()
+    failures = _failures(rows, stage.key_columns) if complete else []
+    if complete:
+        card = {
+            "stage": stage.name, "dataset": dataset, "fingerprint": fp, "config": config, "inputs": inputs,
+            "n_items": len(items), "n_shards": n_shards, "n_failed": len(failures),
+            "arrays": {k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in specs.items()},
+            "failures": failures[:1000], **stage.summary(rows),
+        }
+        if not (out / COMPLETED).exists():
+            _atomic_write_json(card, out / CARD)
+            (out / COMPLETED).touch()
+        for tmp in out.glob("*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+        _atomic_write_json({"fingerprint": fp, "dir": str(out)}, out.parent / (f"latest-{tag}.json" if tag else "latest.json"))
+    return StageResult(out, fp, len(rows), failures, time.perf_counter() - t0, complete, skipped)
+
+
+def _failures(rows: pd.DataFrame, key_columns: Iterable[str]) -> list[dict[str, Any]]:
+    bad = rows[rows[FAILURE] != ""]
+    return [{**{k: r[k] for k in key_columns}, FAILURE: r[FAILURE]} for _, r in bad.iterrows()]
+
+
+def read_shards(out_dir: Path, n_shards: int | None = None) -> pd.DataFrame:
+    """Concatenate a stage's Parquet shards in shard order, with ``shard``/``row`` columns."""
+    out_dir = Path(out_dir)
+    paths = sorted(out_dir.glob("shard-*.parquet")) if n_shards is None else [out_dir / shard_name(k) for k in range(n_shards)]
+    frames = []
+    for k, p in enumerate(paths):
+        df = pq.read_table(p).to_pandas()
+        df["shard"], df["row"] = int(p.name[6:11]), np.arange(len(df))
+        frames.append(df)
+    if not frames:
+        raise StageError(f"{out_dir}: no shards")
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_stage(out_dir: str | Path) -> pd.DataFrame:
+    """Rows of a finished stage directory; an unfinished one is an error naming what is missing."""
+    out_dir = Path(out_dir)
+    if not (out_dir / COMPLETED).exists():
+        card = out_dir / CARD
+        raise StageError(f"{out_dir}: stage output is incomplete (no {COMPLETED}"
+                         f"{'' if card.exists() else ', no ' + CARD}); run the stage again to finish it")
+    return read_shards(out_dir, json.loads((out_dir / CARD).read_text())["n_shards"])
+
+
+def read_card(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / CARD
+    if not path.exists():
+        raise StageError(f"{path}: missing stage card; the stage has not finished")
+    return json.loads(path.read_text())
+
+
+def latest(cache_root: str | Path, dataset: str, stage: str, tag: str | None = None) -> Path:
+    """Directory of the last completed run of ``stage`` (from its ``latest[-tag].json``)."""
+    ptr = Path(cache_root) / dataset / stage / (f"latest-{tag}.json" if tag else "latest.json")
+    if not ptr.exists():
+        raise StageError(f"{ptr}: no finished '{stage}' stage for dataset '{dataset}'"
+                         f"{' (' + tag + ')' if tag else ''}; run `make {stage}` first")
+    return Path(json.loads(ptr.read_text())["dir"])
+
+
+def print_summary(result: StageResult, stage_name: str, *, file=sys.stderr, limit: int = 20) -> None:
+    """End-of-stage report: rows, time, whether work was skipped, and each failure by name."""
+    state = "already complete, nothing loaded" if result.skipped else f"{result.elapsed_s:.1f}s"
+    if not result.complete:
+        print(f"[{stage_name}] this process's shards are done ({state}); other shards pending in {result.out_dir}", file=file)
+        return
+    print(f"[{stage_name}] {result.n_rows} rows, {result.n_failed} failed ({state}) -> {result.out_dir}", file=file)
+    for f in result.failures[:limit]:
+        print(f"  FAILED {canonical_json({k: v for k, v in f.items() if k != FAILURE})}: {f[FAILURE]}", file=file)
+    if result.n_failed > limit:
+        print(f"  ... {result.n_failed - limit} more in {result.out_dir / CARD}", file=file)
