@@ -60,8 +60,8 @@ demo: setup ## everything on the offline SynthAVS demo
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-bench: setup ## speed benchmarks; one line per ratio
-	@echo "bench: not implemented yet"; exit 1
+bench: setup ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)
+	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
 clean-cache: ## delete generated caches (keeps cache/README.md)
 	find $(CACHE) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
