@@ -1,0 +1,200 @@
+"""TeSO: prompt generator (SeDAM / official block / audio only) -> PMQS -> Mask2Former decoder -> heads.
+
+Variants are constructor arguments only (E's YAML configs set them):
+
+| variant            | arguments                                                                  |
+|--------------------|----------------------------------------------------------------------------|
+| ``teso``           | ``prompt_mode="sedam", dynamic_mask=True`` (defaults)                        |
+| ``audio_only``     | ``prompt_mode="audio_only"`` (no text; audio tokens prompt the queries)     |
+| ``no_dynamic_mask``| ``dynamic_mask=False`` (no gate; padded cues embedded like real ones)       |
+| ``official``       | ``prompt_mode="official", binary_head="weighted_sum", pmqs_layers=1``       |
+| ``no_infonce`` / ``oracle_cues`` / ``vocab_cues`` | same network; loss weight / text cache differ (E) |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.decoder import LoadReport, MaskDecoder
+from model.heads import BinaryHeadMode, binary_logits, semantic_scores
+from model.pmqs import PMQS
+from model.sedam import AudioPrompts, OfficialSeDAM, SeDAM, SeDAMOutput
+
+PromptMode = Literal["sedam", "official", "audio_only"]
+
+
+@dataclass
+class TeSOOutput:
+    """
+    Attributes:
+        mask_logits: ``[N, H', W']`` binary sounding-object logit map per frame (``output_size`` if
+            given, else the mask-feature resolution ``H/stride_0``).
+        class_logits: ``[N, Q, C+1]`` per-query class logits of the last decoder stage (last = no object).
+        query_masks: ``[N, Q, h, w]`` per-query mask logits of the last stage at the mask-feature resolution.
+        semantic_scores: ``[N, C+1, H', W']`` AVSS per-class scores (channel 0 = background), or None
+            when the model was built with ``semantic=False``.
+        aux_query_masks: per earlier decoder stage ``[N, Q, h, w]`` (deep supervision).
+        aux_class_logits: per earlier decoder stage ``[N, Q, C+1]``.
+        sedam: the prompt generator's output (prompts, gates, attention, ``audio_pooled``/``text_pooled``).
+    """
+
+    mask_logits: torch.Tensor
+    class_logits: torch.Tensor
+    query_masks: torch.Tensor
+    semantic_scores: torch.Tensor | None
+    aux_query_masks: tuple[torch.Tensor, ...]
+    aux_class_logits: tuple[torch.Tensor, ...]
+    sedam: SeDAMOutput
+
+
+class TeSO(nn.Module):
+    """The TeSO network on cached features (the frozen backbone and encoders never run here).
+
+    Args (keyword-only; defaults = the paper-scale decoder of ``facebook/mask2former-swin-base-ade-semantic``):
+        audio_dim: Da of the cached per-second audio features.
+        text_dim: Dt of the cached text-cue embeddings.
+        visual_channels / visual_strides: the cached visual levels, finest first.
+        num_classes: C categories of the class head (1 for binary AVS).
+        semantic: also return AVSS per-class scores.
+        prompt_mode: ``sedam`` (paper), ``official`` (public code's block), ``audio_only`` (no text).
+        dynamic_mask: SeDAM's padding masks + relevance gate (``sedam`` mode only).
+        sedam_dim / sedam_layers / sedam_heads / sedam_ffn_dim: SeDAM width, N layers, heads, FFN.
+        cue_self_attention: SeDAM layers also self-attend among the frame's cues.
+        max_seconds: span of SeDAM's relative temporal embedding (longer offsets are clamped).
+        pmqs_layers / pmqs_ffn_dim: PMQS depth and FFN width (width = ``hidden_dim``).
+        hidden_dim, num_queries, num_heads, pixel_decoder_layers, decoder_layers, pixel_ffn_dim,
+            decoder_ffn_dim, adapter_dim: ``MaskDecoder`` arguments.
+        binary_head: how queries combine into one map (``model/heads.py``).
+        freeze_decoder: freeze the decoder except adapters and class head (use with loaded weights).
+        dropout: dropout inside SeDAM and PMQS.
+    """
+
+    def __init__(
+        self,
+        *,
+        audio_dim: int,
+        text_dim: int,
+        visual_channels: list[int],
+        visual_strides: list[int],
+        num_classes: int = 1,
+        semantic: bool = False,
+        prompt_mode: PromptMode = "sedam",
+        dynamic_mask: bool = True,
+        sedam_dim: int = 256,
+        sedam_layers: int = 2,
+        sedam_heads: int = 4,
+        sedam_ffn_dim: int = 512,
+        cue_self_attention: bool = True,
+        max_seconds: int = 10,
+        pmqs_layers: int = 2,
+        pmqs_ffn_dim: int = 512,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        num_heads: int = 8,
+        pixel_decoder_layers: int = 6,
+        decoder_layers: int = 10,
+        pixel_ffn_dim: int = 1024,
+        decoder_ffn_dim: int = 2048,
+        adapter_dim: int = 0,
+        binary_head: BinaryHeadMode = "noisy_or",
+        freeze_decoder: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.audio_dim = audio_dim
+        self.text_dim = text_dim
+        self.prompt_mode = prompt_mode
+        self.binary_head = binary_head
+        self.semantic = semantic
+        if prompt_mode == "sedam":
+            self.sedam = SeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,
+                               num_layers=sedam_layers, num_heads=sedam_heads, ffn_dim=sedam_ffn_dim, dropout=dropout,
+                               max_seconds=max_seconds, dynamic_mask=dynamic_mask, cue_self_attention=cue_self_attention)
+        elif prompt_mode == "official":
+            self.sedam = OfficialSeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,
+                                       num_heads=sedam_heads, proj_hidden=sedam_ffn_dim)
+        elif prompt_mode == "audio_only":
+            self.sedam = AudioPrompts(audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim, max_seconds=max_seconds)
+        else:
+            raise ValueError(f"unknown prompt_mode {prompt_mode!r} (sedam | official | audio_only)")
+        self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim, dropout=dropout)
+        self.decoder = MaskDecoder(
+            in_channels=visual_channels, in_strides=visual_strides, hidden_dim=hidden_dim, num_queries=num_queries,
+            num_labels=num_classes, encoder_layers=pixel_decoder_layers, decoder_layers=decoder_layers,
+            num_heads=num_heads, encoder_ffn_dim=pixel_ffn_dim, decoder_ffn_dim=decoder_ffn_dim, adapter_dim=adapter_dim,
+        )
+        if freeze_decoder:
+            self.decoder.freeze_pretrained(keep_trainable=[n for n, _ in self.decoder.class_predictor.named_parameters(prefix="class_predictor")])
+
+    def load_pretrained_decoder(self, path_or_id: str, *, freeze: bool = True) -> LoadReport:
+        """Load the decoder weights of a ``Mask2FormerForUniversalSegmentation`` checkpoint (a local
+        ``save_pretrained`` directory, or a hub id on machines with a hub). The decoder widths of this
+        model must match the checkpoint (``MaskDecoder.kwargs_from_mask2former_config``). ``freeze``:
+        freeze what was loaded, except adapters; a class head of another label count is re-initialised
+        and stays trainable."""
+        from transformers import Mask2FormerForUniversalSegmentation
+
+        full = Mask2FormerForUniversalSegmentation.from_pretrained(path_or_id)
+        report = self.decoder.load_mask2former_state_dict(full.state_dict())
+        if freeze:
+            self.decoder.freeze_pretrained(keep_trainable=report.skipped_shape)
+        return report
+
+    def forward(
+        self,
+        *,
+        visual: list[torch.Tensor],
+        audio: torch.Tensor,
+        cue_emb: torch.Tensor | None = None,
+        cue_mask: torch.Tensor | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> TeSOOutput:
+        """
+        Args:
+            visual: cached maps, each ``[N, C_l, H_l, W_l]``, finest first; N = B*T frames, clip-major.
+            audio: ``[B, T, Da]`` per-second audio features (second t <-> frame t).
+            cue_emb: ``[N, K, Dt]`` text-cue embeddings (ignored by ``audio_only``; required otherwise).
+            cue_mask: ``[N, K]`` bool, True for a real cue.
+            output_size: ``(H', W')`` to bilinearly upsample ``mask_logits``/``semantic_scores`` to
+                (e.g. the ground-truth mask size); None keeps the mask-feature resolution.
+
+        Returns:
+            ``TeSOOutput``.
+        """
+        if audio.dim() != 3 or audio.shape[-1] != self.audio_dim:
+            raise ValueError(f"audio must be [B, T, {self.audio_dim}] (model config audio_dim), got {tuple(audio.shape)}")
+        n = audio.shape[0] * audio.shape[1]
+        if visual[0].shape[0] != n:
+            raise ValueError(f"visual maps have {visual[0].shape[0]} frames, audio has B*T = {n}")
+        if self.prompt_mode != "audio_only":
+            if cue_emb is None or cue_mask is None:
+                raise ValueError(f"prompt_mode={self.prompt_mode!r} needs cue_emb and cue_mask")
+            if cue_emb.shape[-1] != self.text_dim:
+                raise ValueError(f"cue_emb must be [N, K, {self.text_dim}] (model config text_dim), got {tuple(cue_emb.shape)}")
+        prompt = self.sedam(audio=audio, cue_emb=cue_emb, cue_mask=cue_mask)
+        queries, query_pos = self.decoder.initial_queries(n)
+        queries = self.pmqs(queries=queries, query_pos=query_pos, prompts=prompt.prompts, prompt_bias=prompt.prompt_bias)
+        dec = self.decoder(features=visual, query_features=queries)
+        masks, classes = dec.masks_queries_logits[-1], dec.class_queries_logits[-1]
+        logits = binary_logits(masks, classes, mode=self.binary_head)  # (N, h, w)
+        sem = semantic_scores(masks, classes, logits) if self.semantic else None
+        if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+            if sem is not None:
+                sem = F.interpolate(sem, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return TeSOOutput(
+            mask_logits=logits,
+            class_logits=classes,
+            query_masks=masks,
+            semantic_scores=sem,
+            aux_query_masks=dec.masks_queries_logits[:-1],
+            aux_class_logits=dec.class_queries_logits[:-1],
+            sedam=prompt,
+        )
+
+
+__all__ = ["TeSO", "TeSOOutput", "PromptMode"]
