@@ -34,7 +34,7 @@ debian: ## install the Debian packages the demo data needs (root)
 setup: venv debian ## venv + Python packages + Debian packages
 
 data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SEED=)
-	@echo "data: not implemented yet"; exit 1
+	$(PY) -m pipeline.synthavs --clips $(CLIPS) --seed $(SEED) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
 
 captions: setup ## stage 1: caption frames (DATASET=)
 	@echo "captions: not implemented yet"; exit 1
