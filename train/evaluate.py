@@ -1,0 +1,440 @@
+"""Stage 5 (``make eval``): score an exported model on the test split, per subset and per slice.
+
+``python -m train.evaluate --dataset synthavs [--run runs/<name> | --export DIR] [--protocol avsbench]``
+
+* The model is the export of ``runs/latest.json`` (written by ``make train``) unless ``--run`` or
+  ``--export`` is given; it is rebuilt with :func:`train.export.load_exported` (safetensors + YAML,
+  never a pickle). Its recorded data settings (levels, dims, encoders, cue set, clip length) build
+  the :class:`train.data.AVSDataModule`, so a cache made by other encoders is refused.
+* Every test clip of every configured subset is predicted once (progress bar) and scored under all
+  protocols of :data:`train.metrics.PROTOCOLS` from per-frame counts; the report's headline uses
+  ``--protocol``. Groups: all, each subset, each evaluation slice (SynthAVS). AVSS semantic
+  figures when the model has a semantic head and the data serve class masks.
+* Output ``reports/<run>/metrics.json`` and ``report.md``, ``overlays/*.png`` (frames, GT,
+  prediction with normal and with muted audio, text cues) and ``curves.png`` (training logs).
+
+Bad input (unknown run, export of another configuration, missing feature cache, NaN logits)
+prints one ``error: ...`` line naming what and where, and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from manifests.schema import ManifestError, read_manifest
+from pipeline.runner import StageError
+from pipeline.store import FeatureStore
+from train import metrics as M
+from train.data import AVSDataModule, FeatureCacheError, collate_clips
+from train.export import ExportError, load_exported, read_export_config
+
+RUNS_ROOT = Path("runs")
+REPORTS_ROOT = Path("reports")
+N_OVERLAYS = 6          # clips drawn per report (fixed sample, counter_bias first)
+MUTE_TAG = "mute"       # audio cache of the muted condition (features stage tag)
+EVAL_ERRORS = (ExportError, FeatureCacheError, StageError, ManifestError, M.MetricInputError, FileNotFoundError)
+
+
+class EvalError(ValueError):
+    """Evaluation cannot run; the message names what and where."""
+
+
+# ---------------------------------------------------------------- locating models and data
+def resolve_export(*, run: str | Path | None = None, export: str | Path | None = None,
+                   runs_root: Path = RUNS_ROOT) -> tuple[Path, Path]:
+    """(run dir, export dir): explicit ``export``, else ``run/export``, else ``runs/latest.json``."""
+    if export is not None:
+        export = Path(export)
+        return (export.parent if export.name == "export" else export), export
+    if run is None:
+        ptr = Path(runs_root) / "latest.json"
+        if not ptr.exists():
+            raise EvalError(f"{ptr}: no trained run recorded; run `make train` or pass --run runs/<name>")
+        info = json.loads(ptr.read_text())
+        run = Path(info["run_dir"])
+        if info.get("export"):
+            return run, Path(info["export"])
+    run = Path(run)
+    if not run.exists():
+        raise EvalError(f"{run}: run directory not found")
+    return run, run / "export"
+
+
+def data_settings(export_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The export's recorded data-module arguments (flat or ``{class_path, init_args}``)."""
+    data = dict(export_cfg.get("data") or {})
+    if "init_args" in data:
+        data = dict(data["init_args"] or {})
+    allowed = set(inspect.signature(AVSDataModule.__init__).parameters) - {"self"}
+    return {k: v for k, v in data.items() if k in allowed}
+
+
+def make_datamodule(export_cfg: dict[str, Any], *, dataset: str | None = None, cache_root: str | Path | None = None,
+                    manifest: str | None = None, audio_tag: str = "none", split: str = "test",
+                    batch_size: int | None = None, semantic: bool = False, **override: Any) -> AVSDataModule:
+    """An :class:`AVSDataModule` with the model's data settings, serving ``split`` as its test split.
+
+    ``dataset``/``cache_root``/``manifest`` override the recorded ones (another machine); the cache
+    directories are the latest pointers unless given in ``override`` (``visual_dir``...).
+    """
+    kw = data_settings(export_cfg)
+    recorded_dataset = kw.get("dataset")
+    if dataset is not None:
+        kw["dataset"] = dataset
+        if recorded_dataset not in (None, dataset):
+            kw.pop("manifest", None)
+    if cache_root is not None:
+        kw["cache_root"] = str(cache_root)
+    if manifest is not None:
+        kw["manifest"] = manifest
+    for k in ("audio_dir", "visual_dir", "text_dir"):  # a training machine's explicit dirs do not apply here
+        kw.pop(k, None)
+    kw.update(audio_tag=audio_tag, splits={"test": split}, class_masks=semantic, num_workers=0, **override)
+    if batch_size is not None:
+        kw["eval_batch_size"] = batch_size
+    return AVSDataModule(**kw)
+
+
+# ---------------------------------------------------------------- prediction
+@torch.inference_mode()
+def forward_batch(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(``[N, Hm, Wm]`` binary logits, ``[N, C+1, Hm, Wm]`` semantic scores or None) at the GT mask size."""
+    out = model(visual=batch.visual, audio=batch.audio, cue_emb=batch.cue_emb, cue_mask=batch.cue_mask,
+                output_size=tuple(batch.masks.shape[-2:]))
+    return out.mask_logits.float(), (out.semantic_scores.float() if out.semantic_scores is not None else None)
+
+
+@dataclass
+class Predictions:
+    """What one pass over a split keeps: per-frame counts per protocol, AVSS sums, a few clips' maps.
+
+    ``uids[k]`` is clip index ``k`` of every :class:`train.metrics.FrameStats`.
+    """
+
+    uids: list[str]
+    stats: dict[str, M.FrameStats]
+    avss: dict[str, Any] | None = None
+    avss_binary: M.FrameStats | None = None
+    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
+    frames: list[tuple[str, int]] = field(default_factory=list)  # (uid, frame_idx) of each scored row
+
+
+def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Sequence[str] = tuple(M.PROTOCOLS),
+                  keep: Iterable[str] = (), progress: bool = True, desc: str = "predict",
+                  uids: Sequence[str] | None = None, semantic_names: list[str] | None = None) -> Predictions:
+    """Run the model over the test split (or just ``uids`` of it) and accumulate the counts.
+
+    Frames without ground truth (``mask_valid`` False) are not scored. The probability maps of the
+    clips in ``keep`` are kept for pictures.
+    """
+    keep = set(keep)
+    protos = {p: M.get_protocol(p) for p in protocols}
+    ds = dm.split_dataset("test")
+    if uids is None:
+        loader: Iterable = dm.dataloader("test", shuffle=False)
+        total = len(loader)  # type: ignore[arg-type]
+    else:
+        pos = {u: i for i, u in enumerate(ds.uids)}
+        missing = [u for u in uids if u not in pos]
+        if missing:
+            raise EvalError(f"clips {missing[:3]} are not in the test split of {dm.manifest_path}")
+        bs = dm.eval_batch_size
+        loader = (collate_clips([ds[pos[u]] for u in uids[k:k + bs]]) for k in range(0, len(uids), bs))
+        total = (len(uids) + bs - 1) // bs
+    parts: dict[str, list[M.FrameStats]] = {p: [] for p in protos}
+    sem_parts: list[M.FrameStats] = []
+    avss_metric: M.AVSSMetric | None = None
+    order: list[str] = []
+    scored: list[tuple[str, int]] = []
+    kept: dict[str, dict[str, np.ndarray]] = {}
+    t0 = time.perf_counter()
+    model.eval()
+    for batch in tqdm(loader, total=total, desc=desc, disable=not progress, unit="batch"):
+        logits, sem = forward_batch(model, batch)
+        where = f"batch of clips {batch.uids[0]}..{batch.uids[-1]}"
+        masks = batch.masks
+        M.check_inputs(logits, masks, clip_len=batch.clip_len, where=where)
+        clip = len(order) + torch.arange(logits.shape[0]) // batch.clip_len
+        valid = batch.mask_valid.bool()
+        for name, proto in protos.items():
+            parts[name].append(M.frame_stats(logits[valid], masks[valid], clip=clip[valid], protocol=proto))
+        if sem is not None and batch.class_masks is not None:
+            if avss_metric is None:
+                avss_metric = M.AVSSMetric(num_classes=sem.shape[1], class_names=semantic_names)
+            avss_metric.update(sem[valid], batch.class_masks[valid])
+            sem_parts.append(M.frame_stats(M.semantic_to_binary_logits(sem[valid]), masks[valid], clip=clip[valid],
+                                           protocol=M.get_protocol(M.DEFAULT_PROTOCOL)))
+        t = batch.clip_len
+        fidx = batch.frame_idx.reshape(-1)
+        scored += [(batch.uids[i // t], int(fidx[i])) for i in valid.nonzero().flatten().tolist()]
+        for b, uid in enumerate(batch.uids):
+            if uid in keep:
+                kept[uid] = {"prob": torch.sigmoid(logits[b * t:(b + 1) * t]).numpy(),
+                             "mask": masks[b * t:(b + 1) * t].numpy()}
+        order.extend(batch.uids)
+    seconds = time.perf_counter() - t0
+    stats = {p: M.FrameStats.cat(v) if v else _empty_stats(protos[p]) for p, v in parts.items()}
+    return Predictions(uids=order, stats=stats, avss=avss_metric.compute() if avss_metric else None,
+                       avss_binary=M.FrameStats.cat(sem_parts) if sem_parts else None, kept=kept, seconds=seconds,
+                       frames=scored)
+
+
+def _empty_stats(proto: M.Protocol) -> M.FrameStats:
+    z = torch.zeros(0, dtype=torch.long)
+    c = torch.zeros(0, proto.num_thresholds, dtype=torch.long)
+    return M.FrameStats(clip=z, tp_curve=c, pos_curve=c.clone(), gt=z, inter=z, pred=z, pixels=z)
+
+
+# ---------------------------------------------------------------- grouping
+def clip_groups(clips: pd.DataFrame, uids: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+    """Clip indices (positions in ``uids``) per subset and per slice; a clip's slice is its
+    first frame's (SynthAVS slices are per frame; :func:`frame_slice_groups` refines them)."""
+    pos = {u: i for i, u in enumerate(uids)}
+    c = clips[clips["uid"].isin(pos)]
+    out: dict[str, dict[str, list[int]]] = {"subsets": {}, "slices": {}}
+    for name, part in c.groupby("subset", sort=True):
+        out["subsets"][str(name)] = sorted(pos[u] for u in part["uid"])
+    if "slice" in c.columns:
+        for name, part in c[c["slice"] != ""].groupby("slice", sort=True):
+            out["slices"][str(name)] = sorted(pos[u] for u in part["uid"])
+    return out
+
+
+def frame_slices(manifest_frames: pd.DataFrame, scored: Sequence[tuple[str, int]]) -> np.ndarray:
+    """Slice name of each scored frame (``Predictions.frames`` order)."""
+    lut = {(u, int(f)): s for u, f, s in zip(manifest_frames["uid"], manifest_frames["frame_idx"], manifest_frames["slice"])}
+    return np.array([lut.get(k, "") for k in scored], dtype=object)
+
+
+def score_group(pred: Predictions, clip_idx: Sequence[int] | None, protocols: Sequence[str]) -> dict[str, Any]:
+    """All protocols' figures for a set of clips (None = all)."""
+    out: dict[str, Any] = {}
+    for p in protocols:
+        s = pred.stats[p] if clip_idx is None else pred.stats[p].select_clips(list(clip_idx))
+        res = M.score_stats(s, p)
+        out["clips"], out["frames"] = res.pop("clips"), res.pop("frames")
+        res.pop("protocol")
+        out[p] = res
+    return out
+
+
+def score_slices_by_frame(pred: Predictions, slices: np.ndarray, protocols: Sequence[str]) -> dict[str, Any]:
+    """Per-slice figures over the frames carrying that slice (SynthAVS slices are per frame, so a
+    clip may mix slices over time; a clip's frames of one slice are scored together as its batch)."""
+    out: dict[str, Any] = {}
+    for name in sorted(set(slices) - {""}):
+        keep = torch.as_tensor(slices == name).nonzero().flatten()
+        groups: dict[str, Any] = {}
+        for p in protocols:
+            res = M.score_stats(pred.stats[p].select(keep), p)
+            groups["clips"], groups["frames"] = res.pop("clips"), res.pop("frames")
+            res.pop("protocol")
+            groups[p] = res
+        out[name] = groups
+    return out
+
+
+# ---------------------------------------------------------------- pictures
+def sample_clips(clips: pd.DataFrame, frames: pd.DataFrame, n: int = N_OVERLAYS) -> list[str]:
+    """A fixed, deterministic sample: clips with a counter_bias frame first, then one per slice / subset."""
+    uids = sorted(clips["uid"])
+    if not uids:
+        return []
+    chosen: list[str] = []
+    if "slice" in frames.columns:
+        cb = sorted(set(frames.loc[(frames["slice"] == "counter_bias") & frames["uid"].isin(uids), "uid"]))
+        chosen += cb[: max(1, n // 2)]
+        for name in sorted(set(frames["slice"]) - {"", "counter_bias"}):
+            part = sorted(set(frames.loc[(frames["slice"] == name) & frames["uid"].isin(uids), "uid"]) - set(chosen))
+            if part and len(chosen) < n:
+                chosen.append(part[0])
+    for name in sorted(set(clips["subset"])):
+        part = [u for u in sorted(clips.loc[clips["subset"] == name, "uid"]) if u not in chosen]
+        if part and len(chosen) < n:
+            chosen.append(part[0])
+    chosen += [u for u in uids if u not in chosen][: max(0, n - len(chosen))]
+    return chosen[:n]
+
+
+def clip_cues(text_store: FeatureStore, uid: str) -> list[list[str]]:
+    """The clip's text cues per frame, as strings (from the text cache the model read)."""
+    vocab = text_store.cue_vocab
+    ids, ok = text_store.clip(uid, "cue_ids").numpy(), text_store.clip(uid, "cue_valid").numpy()
+    return [[vocab[i] for i, v in zip(row, okr) if v and i >= 0] for row, okr in zip(ids, ok)]
+
+
+def load_frames(manifest, uid: str, clip_len: int) -> list[Image.Image]:
+    """The clip's RGB frames from the manifest (a grey tile stands in for a missing file, labelled)."""
+    f = manifest.frames[manifest.frames["uid"] == uid].sort_values("frame_idx")
+    out = []
+    for rel in f["image_path"].tolist()[:clip_len]:
+        path = manifest.abspath(rel)
+        try:
+            out.append(Image.open(path).convert("RGB"))
+        except (FileNotFoundError, OSError):
+            tile = Image.new("RGB", (128, 128), (128, 128, 128))
+            from PIL import ImageDraw
+            ImageDraw.Draw(tile).text((4, 60), "image missing", fill=(255, 255, 255))
+            out.append(tile)
+    return out
+
+
+def find_metrics_csv(run_dir: Path) -> Path | None:
+    """The newest CSVLogger ``metrics.csv`` under the run directory."""
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def draw_pictures(model, dm: AVSDataModule, pred: Predictions, sample: list[str], *, out_dir: Path, run_dir: Path,
+                  export_cfg: dict, mute_dm: AVSDataModule | None, progress: bool) -> dict[str, Any]:
+    """Overlay strips for ``sample`` and the training curves; returns report-relative paths and notes."""
+    from train.pictures import overlay_strip, training_curves
+
+    pics: dict[str, Any] = {"overlays": [], "notes": []}
+    muted: dict[str, np.ndarray] = {}
+    if mute_dm is not None and sample:
+        mp = predict_clips(model, mute_dm, protocols=[M.DEFAULT_PROTOCOL], keep=sample, uids=sample, progress=progress,
+                           desc="predict (muted, pictures)")
+        muted = {u: v["prob"] for u, v in mp.kept.items()}
+    elif sample:
+        pics["notes"].append("no muted audio cache (features tag 'mute'): the muted row is omitted")
+    manifest = read_manifest(dm.manifest_path)
+    text = FeatureStore(dm.cache_dir("text"))
+    thr = M.get_protocol(M.DEFAULT_PROTOCOL).threshold
+    for uid in sample:
+        if uid not in pred.kept:
+            continue
+        k = pred.kept[uid]
+        cues = clip_cues(text, uid)
+        slices = manifest.frames[manifest.frames["uid"] == uid].sort_values("frame_idx")["slice"].tolist()
+        caps = [f"f{i}: cues [{', '.join(c) or 'none'}]" + (f"  slice {slices[i]}" if i < len(slices) and slices[i] else "")
+                for i, c in enumerate(cues)]
+        rel = f"overlays/{uid}.png"
+        overlay_strip(load_frames(manifest, uid, len(k["mask"])), k["mask"], k["prob"] > thr,
+                      muted[uid] > thr if uid in muted else None, caps, out_dir / rel,
+                      title=f"{uid} ({export_cfg.get('variant', 'model')})")
+        pics["overlays"].append(rel)
+    csv = find_metrics_csv(run_dir)
+    if csv is not None:
+        try:
+            training_curves(csv, out_dir / "curves.png")
+            pics["curves"] = "curves.png"
+        except ValueError as e:
+            pics["notes"].append(str(e))
+    else:
+        pics["notes"].append(f"no metrics.csv under {run_dir}: no training curves")
+    return pics
+
+
+# ---------------------------------------------------------------- the whole evaluation
+def evaluate(*, run: str | Path | None = None, export: str | Path | None = None, dataset: str | None = None,
+             cache_root: str | Path | None = None, manifest: str | None = None, split: str = "test",
+             protocol: str = M.DEFAULT_PROTOCOL, reports_root: Path = REPORTS_ROOT, runs_root: Path = RUNS_ROOT,
+             n_overlays: int = N_OVERLAYS, batch_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate one exported model; write ``reports/<run>/{metrics.json,report.md,overlays/,curves.png}``."""
+    from train.report import eval_report_md
+
+    M.get_protocol(protocol)
+    run_dir, export_dir = resolve_export(run=run, export=export, runs_root=runs_root)
+    cfg = read_export_config(export_dir)
+    model = load_exported(export_dir)
+    semantic = bool(getattr(model, "semantic", False))
+    dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
+                         batch_size=batch_size, semantic=semantic)
+    clips = dm.clip_table(split)
+    if clips.empty:
+        raise EvalError(f"{dm.manifest_path}: no clips in split '{split}'")
+    frames = read_manifest(dm.manifest_path).frames
+    frames = frames[frames["uid"].isin(clips["uid"])]
+    sample = sample_clips(clips, frames, n_overlays)
+    categories = read_manifest(dm.manifest_path).meta.get("categories")
+    names = ["background", *categories] if categories else None
+    protocols = list(dict.fromkeys([protocol, *M.PROTOCOLS]))
+    pred = predict_clips(model, dm, protocols=protocols, keep=sample, progress=progress, semantic_names=names)
+    groups = clip_groups(clips, pred.uids)
+    run_name = run_dir.name
+    out_dir = Path(reports_root) / run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "run_name": run_name, "run_dir": str(run_dir), "export": str(export_dir), "variant": cfg.get("variant"),
+        "dataset": dm.dataset, "split": split, "protocol": protocol, "protocols": protocols,
+        "audio": dm.audio_tag, "cues": dm.cues_tag,
+        "caches": {k: str(dm.cache_dir(k)) for k in ("audio", "visual", "text")},
+        "all": score_group(pred, None, protocols),
+        "subsets": {k: score_group(pred, v, protocols) for k, v in groups["subsets"].items()},
+        "slices": score_slices_by_frame(pred, frame_slices(frames, pred.frames), protocols)
+        if (frames["slice"] != "").any() else {},
+        "timing": {"clips": len(pred.uids), "predict_s": round(pred.seconds, 2),
+                   "clips_per_s": round(len(pred.uids) / max(pred.seconds, 1e-9), 2)},
+    }
+    if pred.avss is not None:
+        result["avss"] = {**pred.avss, "binary_from_semantic": {k: v for k, v in M.score_stats(pred.avss_binary).items()
+                                                                  if k in ("miou", "fscore")}}
+    mute_dm = None
+    try:
+        mute_dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
+                                  batch_size=batch_size, audio_tag=MUTE_TAG)
+        mute_dm.cache_dir("audio")
+    except StageError:
+        mute_dm = None
+    result["pictures"] = draw_pictures(model, dm, pred, sample, out_dir=out_dir, run_dir=run_dir, export_cfg=cfg,
+                                       mute_dm=mute_dm, progress=progress)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=float))
+    (out_dir / "report.md").write_text(eval_report_md(result))
+    return result
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    p = result["protocol"]
+    lines = [f"{result['run_name']} ({result['variant']}) on {result['dataset']} {result['split']}, protocol {p}:"]
+    for name, g in {"all": result["all"], **{f"subset {k}": v for k, v in result["subsets"].items()},
+                    **{f"slice {k}": v for k, v in result["slices"].items()}}.items():
+        s = g[p]
+        lines.append(f"  {name:<24} clips {g['clips']:>4}  mIoU {100 * s['miou']:6.2f}  F {s['fscore']:.3f}  "
+                     f"empty-pred {100 * s['empty_rate']:5.1f}%")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Evaluate an exported model (make eval).")
+    ap.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    ap.add_argument("--run", default=None, help="run directory (default: runs/latest.json)")
+    ap.add_argument("--export", default=None, help="export directory (overrides --run)")
+    ap.add_argument("--manifest", default=None)
+    ap.add_argument("--cache-root", default=None)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--protocol", default=M.DEFAULT_PROTOCOL, choices=sorted(M.PROTOCOLS))
+    ap.add_argument("--reports", default=str(REPORTS_ROOT), help="reports root (default reports/)")
+    ap.add_argument("--runs-root", default=str(RUNS_ROOT))
+    ap.add_argument("--overlays", type=int, default=N_OVERLAYS, help="clips drawn as overlay strips")
+    ap.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        res = evaluate(run=args.run, export=args.export, dataset=args.dataset, cache_root=args.cache_root,
+                       manifest=args.manifest, split=args.split, protocol=args.protocol,
+                       reports_root=Path(args.reports), runs_root=Path(args.runs_root), n_overlays=args.overlays,
+                       batch_size=args.batch_size, progress=not args.no_progress)
+    except (EvalError, *EVAL_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(res)))
+    print(f"wrote {Path(args.reports) / res['run_name']}/metrics.json and report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
