@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from manifests.schema import write_manifest
 from pipeline.store import write_cache
@@ -35,10 +36,11 @@ class TinySpec:
 
 
 def write_tiny_dataset(root: str | Path, *, dataset: str = "tiny", spec: TinySpec | None = None, seed: int = 0,
-                       nan_audio_uids: tuple[str, ...] = (), encoders: dict[str, str] | None = None) -> Path:
+                       nan_audio_uids: tuple[str, ...] = (), encoders: dict[str, str] | None = None,
+                       cue_tags: tuple[str, ...] = ("cot",)) -> Path:
     """Write ``root/manifests/<dataset>.parquet`` and ``root/cache/<dataset>/...``; return the manifest path.
 
-    ``nan_audio_uids`` get NaN audio features (to provoke a non-finite loss). Frame 1 of every
+    One text cache per ``cue_tags`` entry (``latest-<tag>.json``). ``nan_audio_uids`` get NaN audio features (to provoke a non-finite loss). Frame 1 of every
     clip has no ground truth (``mask_valid`` 0) and frame 0 of the first clip has zero cues.
     """
     spec = spec or TinySpec()
@@ -81,12 +83,40 @@ def write_tiny_dataset(root: str | Path, *, dataset: str = "tiny", spec: TinySpe
     write_cache(root / "cache", dataset, "visual", keys, visual,
                 card={"encoder": {"name": enc["visual"]}, "levels": list(spec.levels)})
 
-    cue_ids = rng.integers(0, spec.vocab, size=(n, spec.k)).astype(np.int32)
-    cue_valid = (rng.random((n, spec.k)) < 0.7).astype(np.uint8)
-    cue_valid[0] = 0  # a frame with no cue at all stays legal
-    cue_ids[cue_valid == 0] = -1
-    table = rng.standard_normal((spec.vocab, spec.text_dim)).astype(np.float16)
-    write_cache(root / "cache", dataset, "text", keys, {"cue_ids": cue_ids, "cue_valid": cue_valid},
-                card={"encoder": {"name": enc["text"]}, "cues": "cot"}, tag="cot",
-                cue_table=table, cue_vocab=[f"cue{v}" for v in range(spec.vocab)])
+    for tag in cue_tags:
+        cue_ids = rng.integers(0, spec.vocab, size=(n, spec.k)).astype(np.int32)
+        cue_valid = (rng.random((n, spec.k)) < 0.7).astype(np.uint8)
+        cue_valid[0] = 0  # a frame with no cue at all stays legal
+        cue_ids[cue_valid == 0] = -1
+        table = rng.standard_normal((spec.vocab, spec.text_dim)).astype(np.float16)
+        write_cache(root / "cache", dataset, "text", keys, {"cue_ids": cue_ids, "cue_valid": cue_valid},
+                    card={"encoder": {"name": enc["text"]}, "cues": tag}, tag=tag,
+                    cue_table=table, cue_vocab=[f"{tag}{v}" for v in range(spec.vocab)])
     return manifest
+
+
+# A network small enough for a fit in seconds; the widths obey MaskDecoder's constraints
+# (hidden_dim multiple of 32, three doubling strides).
+TINY_NET = {"sedam_dim": 32, "sedam_layers": 1, "sedam_ffn_dim": 32, "pmqs_layers": 1, "pmqs_ffn_dim": 32,
+            "hidden_dim": 32, "num_queries": 4, "num_heads": 2, "pixel_decoder_layers": 1, "decoder_layers": 2,
+            "pixel_ffn_dim": 32, "decoder_ffn_dim": 32}
+
+
+def tiny_config(root: str | Path, manifest: str | Path, *, dataset: str = "tiny", spec: TinySpec | None = None,
+                max_epochs: int = 2, name: str = "tiny.yaml") -> Path:
+    """A config delta pointing the data module at the tiny dataset, with tiny widths and epochs."""
+    spec = spec or TinySpec()
+    cfg = {
+        "data": {"dataset": dataset, "manifest": str(manifest), "cache_root": str(Path(root) / "cache"),
+                 "clip_len": spec.clip_len, "batch_size": 2, "eval_batch_size": 2, "num_workers": 0,
+                 "levels": list(spec.levels), "visual_channels": [c for c, _ in spec.levels.values()],
+                 "audio_dim": spec.audio_dim, "text_dim": spec.text_dim,
+                 "expect_audio": {"encoder": ENCODERS["audio"]}, "expect_visual": {"encoder": ENCODERS["visual"]},
+                 "expect_text": {"encoder": ENCODERS["text"]}},
+        "model": {"net": {"init_args": dict(TINY_NET)}},
+        "trainer": {"max_epochs": max_epochs, "enable_progress_bar": False, "log_every_n_steps": 1,
+                    "enable_model_summary": False},
+    }
+    path = Path(root) / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
