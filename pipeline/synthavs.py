@@ -99,8 +99,8 @@ class SynthConfig:
 # ----------------------------------------------------------------------------- captions
 
 _ACTIVE = {
-    "guitar": ["someone holding a guitar", "a guitar held upright by a player"],
-    "piano": ["someone with hands on a piano", "a piano with a player's hands on the keys"],
+    "guitar": ["someone holding a guitar", "a guitar held upright by a musician"],
+    "piano": ["someone with hands on a piano", "a piano with two hands on the keys"],
     "violin": ["someone holding a violin with a bow", "a violin with a bow across it"],
     "trumpet": ["someone holding a trumpet", "a trumpet held in a hand"],
     "flute": ["someone holding a flute", "a flute held in both hands"],
@@ -137,7 +137,7 @@ def caption(objects: dict[str, str]) -> str:
     Mentions every visible object and how it looks, never whether it sounds.
 
     >>> caption({"piano": "idle", "man": "active"})
-    'A piano lying on its side next to a man with his mouth open and a hand raised.'
+    'A room with a piano lying on its side and a man with his mouth open and a hand raised.'
     """
     cats = sorted(objects, key=CATEGORIES.index)
     key = ",".join(f"{c}:{objects[c]}" for c in cats)
@@ -438,7 +438,7 @@ def _bias_table(df: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def _card(cfg: SynthConfig, fp: str, records: list[dict], elapsed_s: float) -> dict:
+def _card(cfg: SynthConfig, fp: str, records: list[dict]) -> dict:
     df = _rows(records, cfg.frames)
     clip_df = df[df.frame_idx == 0]
     counts = {
@@ -461,7 +461,6 @@ def _card(cfg: SynthConfig, fp: str, records: list[dict], elapsed_s: float) -> d
         "files": {"frames": "{uid}/frames/{i}.jpg", "masks": "{uid}/masks/{i}.png (class index + 1 of sounding objects)",
                   "visible": "{uid}/visible/{i}.png (class index + 1 of all visible objects)",
                   "audio": "{uid}/audio.wav (16 kHz mono PCM16; second i <-> frame i)", "scenes": "clips.jsonl"},
-        "generation_seconds": round(elapsed_s, 1),
     }
 
 
@@ -469,7 +468,7 @@ def _card_markdown(card: dict) -> str:
     lines = [f"# SynthAVS dataset card ({card['fingerprint']})", "",
              "Deterministic synthetic audio-visual segmentation data (see pipeline/synthavs.py).",
              f"Seed {card['seed']}; {card['counts']['clips']} clips, {card['counts']['frames']} frames; "
-             f"{card['distinct_captions']} distinct reference captions; generated in {card['generation_seconds']} s.", "",
+             f"{card['distinct_captions']} distinct reference captions.", "",
              "## Files", ""]
     lines += [f"- `{v}`" for v in card["files"].values()]
     lines += ["", "## Designed bias", "",
@@ -539,8 +538,8 @@ def generate(*, out_root: str | Path = "cache", clips: int = SynthConfig.clips, 
     with open(tmp / "clips.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True) + "\n")
-    card = _card(cfg, fp, records, time.perf_counter() - t0)
-    (tmp / "card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "generation_seconds"}, indent=1, sort_keys=True))
+    card = _card(cfg, fp, records)  # no timings in the card: same seed, same bytes
+    (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
     (tmp / "DATASET_CARD.md").write_text(_card_markdown(card))
     (tmp / COMPLETED).touch()
     if root.exists():  # an unfinished earlier attempt
