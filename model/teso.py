@@ -67,7 +67,7 @@ class TeSO(nn.Module):
         max_seconds: span of SeDAM's relative temporal embedding (longer offsets are clamped).
         pmqs_layers / pmqs_ffn_dim: PMQS depth and FFN width (width = ``hidden_dim``).
         hidden_dim, num_queries, num_heads, pixel_decoder_layers, decoder_layers, pixel_ffn_dim,
-            decoder_ffn_dim, adapter_dim: ``MaskDecoder`` arguments.
+            decoder_ffn_dim, adapter_dim, pixel_decoder: ``MaskDecoder`` arguments.
         binary_head: how queries combine into one map (``model/heads.py``).
         freeze_decoder: freeze the decoder except adapters and class head (use with loaded weights).
         dropout: dropout inside SeDAM and PMQS.
@@ -100,6 +100,7 @@ class TeSO(nn.Module):
         pixel_ffn_dim: int = 1024,
         decoder_ffn_dim: int = 2048,
         adapter_dim: int = 0,
+        pixel_decoder: Literal["msda", "fpn"] = "msda",
         binary_head: BinaryHeadMode = "noisy_or",
         freeze_decoder: bool = False,
         dropout: float = 0.0,
@@ -126,6 +127,7 @@ class TeSO(nn.Module):
             in_channels=visual_channels, in_strides=visual_strides, hidden_dim=hidden_dim, num_queries=num_queries,
             num_labels=num_classes, encoder_layers=pixel_decoder_layers, decoder_layers=decoder_layers,
             num_heads=num_heads, encoder_ffn_dim=pixel_ffn_dim, decoder_ffn_dim=decoder_ffn_dim, adapter_dim=adapter_dim,
+            pixel_decoder=pixel_decoder,
         )
         if freeze_decoder:
             self.decoder.freeze_pretrained(keep_trainable=[n for n, _ in self.decoder.class_predictor.named_parameters(prefix="class_predictor")])
