@@ -51,6 +51,11 @@ class EvalError(ValueError):
     """Evaluation cannot run; the message names what and where."""
 
 
+def error_line(exc: BaseException) -> str:
+    """The one ``error: ...`` line a CLI prints (library messages may span lines)."""
+    return "error: " + " ".join(str(exc).split())
+
+
 # ---------------------------------------------------------------- locating models and data
 def resolve_export(*, run: str | Path | None = None, export: str | Path | None = None,
                    runs_root: Path = RUNS_ROOT) -> tuple[Path, Path]:
@@ -199,18 +204,11 @@ def _empty_stats(proto: M.Protocol) -> M.FrameStats:
 
 
 # ---------------------------------------------------------------- grouping
-def clip_groups(clips: pd.DataFrame, uids: Sequence[str]) -> dict[str, dict[str, list[int]]]:
-    """Clip indices (positions in ``uids``) per subset and per slice; a clip's slice is its
-    first frame's (SynthAVS slices are per frame; :func:`frame_slice_groups` refines them)."""
+def subset_clips(clips: pd.DataFrame, uids: Sequence[str]) -> dict[str, list[int]]:
+    """Clip indices (positions in ``uids``) of each subset."""
     pos = {u: i for i, u in enumerate(uids)}
     c = clips[clips["uid"].isin(pos)]
-    out: dict[str, dict[str, list[int]]] = {"subsets": {}, "slices": {}}
-    for name, part in c.groupby("subset", sort=True):
-        out["subsets"][str(name)] = sorted(pos[u] for u in part["uid"])
-    if "slice" in c.columns:
-        for name, part in c[c["slice"] != ""].groupby("slice", sort=True):
-            out["slices"][str(name)] = sorted(pos[u] for u in part["uid"])
-    return out
+    return {str(name): sorted(pos[u] for u in part["uid"]) for name, part in c.groupby("subset", sort=True)}
 
 
 def frame_slices(manifest_frames: pd.DataFrame, scored: Sequence[tuple[str, int]]) -> np.ndarray:
@@ -364,7 +362,6 @@ def evaluate(*, run: str | Path | None = None, export: str | Path | None = None,
     names = ["background", *categories] if categories else None
     protocols = list(dict.fromkeys([protocol, *M.PROTOCOLS]))
     pred = predict_clips(model, dm, protocols=protocols, keep=sample, progress=progress, semantic_names=names)
-    groups = clip_groups(clips, pred.uids)
     run_name = run_dir.name
     out_dir = Path(reports_root) / run_name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -374,7 +371,7 @@ def evaluate(*, run: str | Path | None = None, export: str | Path | None = None,
         "audio": dm.audio_tag, "cues": dm.cues_tag,
         "caches": {k: str(dm.cache_dir(k)) for k in ("audio", "visual", "text")},
         "all": score_group(pred, None, protocols),
-        "subsets": {k: score_group(pred, v, protocols) for k, v in groups["subsets"].items()},
+        "subsets": {k: score_group(pred, v, protocols) for k, v in subset_clips(clips, pred.uids).items()},
         "slices": score_slices_by_frame(pred, frame_slices(frames, pred.frames), protocols)
         if (frames["slice"] != "").any() else {},
         "timing": {"clips": len(pred.uids), "predict_s": round(pred.seconds, 2),
@@ -429,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                        reports_root=Path(args.reports), runs_root=Path(args.runs_root), n_overlays=args.overlays,
                        batch_size=args.batch_size, progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print("\n".join(summary_lines(res)))
     print(f"wrote {Path(args.reports) / res['run_name']}/metrics.json and report.md")

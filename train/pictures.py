@@ -122,13 +122,14 @@ def training_curves(metrics_csv: str | Path, out_path: str | Path) -> Path:
 
 
 def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Sequence[str],
-                    title: str = "Segmentation preference test") -> Path:
+                    labels: dict[str, str] | None = None, title: str = "Segmentation preference test") -> Path:
     """Grouped bars like the paper's preference figure: per model, mIoU (left) and F (right) under
     each audio condition, the relative drop Delta (%) written above each perturbed bar.
 
     Args:
         table: rows with columns ``model, condition, miou, fscore, delta_m, delta_f`` (one slice).
         conditions: the bar order, normal audio first.
+        labels: legend text per condition (default: the condition names).
     """
     models = list(dict.fromkeys(table["model"]))
     fig = _figure(max(6.0, 2.2 * len(models) * 2), 3.8)
@@ -145,7 +146,7 @@ def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Se
                 xs.append(i + (j - (len(conditions) - 1) / 2) * width)
                 ys.append(float(row[metric].iloc[0]) * scale)
                 ds.append(float(row[delta].iloc[0]) if delta in row else float("nan"))
-            ax.bar(xs, ys, width=width, label=cond, color=cmap[j % len(cmap)])
+            ax.bar(xs, ys, width=width, label=(labels or {}).get(cond, cond), color=cmap[j % len(cmap)])
             if j > 0:
                 for x, y, d in zip(xs, ys, ds):
                     if np.isfinite(d):
