@@ -49,10 +49,10 @@ train: setup ## stage 4: train on cached features
 	@echo "train: not implemented yet"; exit 1
 
 eval: setup ## stage 5: metrics and report for the last training run
-	@echo "eval: not implemented yet"; exit 1
+	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 preference: setup ## the segmentation-preference test (mute / noise)
-	@echo "preference: not implemented yet"; exit 1
+	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 demo: setup ## everything on the offline SynthAVS demo
 	$(MAKE) data captions cues features train eval preference
