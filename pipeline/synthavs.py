@@ -49,7 +49,7 @@ from PIL import Image
 
 from manifests.schema import FrameRow, manifest_path, write_manifest
 from pipeline import media_draw, media_sounds
-from pipeline.fingerprint import fingerprint
+from pipeline.fingerprint import file_hash, fingerprint
 
 DATASET = "synthavs"
 GENERATOR_VERSION = 1
@@ -93,7 +93,9 @@ class SynthConfig:
 
     def fingerprint(self) -> str:
         sources = {c: dataclasses.asdict(s) for c, s in media_sounds.sources().items()}
-        return fingerprint(dataclasses.asdict(self), {"sound_sources": fingerprint(sources)})
+        # The generator's own code is an input too: editing a drawing or a caption gives a new root.
+        code = {Path(f).name: file_hash(f) for f in (__file__, media_draw.__file__, media_sounds.__file__)}
+        return fingerprint(dataclasses.asdict(self), {"sound_sources": fingerprint(sources), **code})
 
 
 # ----------------------------------------------------------------------------- captions
