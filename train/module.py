@@ -1,0 +1,166 @@
+"""The LightningModule: training logic only (the network is injected, the data come from ``train/data.py``).
+
+One shared step serves train/val/test: forward on cached features, the weighted losses of
+``model/losses.py`` (mask BCE + dice on frames that have ground truth, InfoNCE between each
+clip's pooled audio and pooled SeDAM output, class loss for AVSS), and one AVS metric object per
+stage from ``train/metrics.py`` (the evaluation code's own metric). ``val/miou`` selects the best
+checkpoint.
+
+A non-finite loss stops training with :class:`NonFiniteLossError` naming the batch's clip uids;
+nothing is saved for that batch, so ``last.ckpt`` stays the last good state.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from model import losses
+from train.batch import AVSBatch
+from train.metrics import AVSMetric
+
+MONITOR = "val/miou"
+STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/Inf; the message names the stage, step and the clip uids of the batch."""
+
+
+class TeSOModule(pl.LightningModule):
+    """Trains an injected TeSO-style network on :class:`AVSBatch` batches.
+
+    Args:
+        net: the network (``model.teso.TeSO``; ``class_path`` in YAML). Its forward takes
+            ``visual, audio, cue_emb, cue_mask, output_size`` and returns ``mask_logits [N, H, W]``,
+            ``class_logits``, ``semantic_scores`` and ``sedam`` (``audio_pooled``/``text_pooled``).
+        optimizer: optimizer factory (``class_path: torch.optim.AdamW`` + ``init_args`` in YAML).
+        scheduler: optional LR scheduler factory, stepped per epoch.
+        bce_weight, dice_weight: mask losses on frames with ground truth.
+        infonce_weight: clip-level InfoNCE (0 disables it: the ``no_infonce`` and ``official`` variants).
+        infonce_temperature: initial temperature of the learnable InfoNCE temperature.
+        class_weight: weight of the Hungarian class + mask set loss over the decoder's queries
+            (``model.losses.SetCriterion``; AVSS: used when the network is built with
+            ``semantic=True`` and the batch carries class masks).
+        metric_protocol: evaluation protocol of ``train/metrics.py`` for the per-stage metrics
+            (``avsbench``: threshold 0.5; ``teso``: the official code's 0.4 threshold at 256x256).
+        trainable: names of sub-modules of ``net`` to train (None = all); each must exist.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        *,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        infonce_weight: float = 0.1,
+        infonce_temperature: float = 0.07,
+        class_weight: float = 1.0,
+        metric_protocol: str = "avsbench",
+        trainable: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weights = {"bce": bce_weight, "dice": dice_weight, "infonce": infonce_weight, "class": class_weight}
+        self.infonce = losses.InfoNCE(init_temperature=infonce_temperature)
+        # AVSS: Hungarian-matched class + mask loss over the decoder's queries (needs the class count)
+        semantic = bool(getattr(net, "semantic", False))
+        self.set_criterion = (losses.SetCriterion(num_classes=net.decoder.num_labels)
+                              if semantic and class_weight > 0 else None)
+        # one metric object per stage (their states never mix)
+        self.train_metric = AVSMetric(protocol=metric_protocol)
+        self.val_metric = AVSMetric(protocol=metric_protocol)
+        self.test_metric = AVSMetric(protocol=metric_protocol)
+        if trainable is not None:
+            names = dict(self.net.named_modules())
+            missing = [n for n in trainable if n not in names]
+            if missing:
+                raise ValueError(f"model.trainable names {missing} are not modules of {type(net).__name__} "
+                                 f"(top-level modules: {[n for n, _ in net.named_children()]})")
+            self.net.requires_grad_(False)
+            for n in trainable:
+                names[n].requires_grad_(True)
+
+    def metric(self, stage: str) -> AVSMetric:
+        return getattr(self, f"{stage}_metric")
+
+    def forward(self, batch: AVSBatch) -> Any:
+        return self.net(visual=batch.visual, audio=batch.audio, cue_emb=batch.cue_emb, cue_mask=batch.cue_mask,
+                        output_size=tuple(batch.masks.shape[-2:]))
+
+    def compute_losses(self, out: Any, batch: AVSBatch) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms that are switched on (weight > 0) and applicable to this batch."""
+        terms: dict[str, torch.Tensor] = {}
+        valid = batch.mask_valid
+        logits = out.mask_logits
+        if self.weights["bce"] > 0:
+            terms["bce"] = losses.sigmoid_bce(logits, batch.masks, valid=valid)
+        if self.weights["dice"] > 0:
+            terms["dice"] = losses.dice_loss(logits, batch.masks, valid=valid)
+        sedam = out.sedam
+        if self.weights["infonce"] > 0 and sedam.text_pooled is not None and batch.num_clips > 1:
+            terms["infonce"] = self.infonce(sedam.audio_pooled, sedam.text_pooled)
+        if self.set_criterion is not None and batch.class_masks is not None:
+            parts = self.set_criterion(query_masks=out.query_masks, class_logits=out.class_logits,
+                                       class_masks=batch.class_masks, valid=valid, aux_query_masks=out.aux_query_masks,
+                                       aux_class_logits=out.aux_class_logits)
+            terms["class"] = sum(parts.values())
+        return terms
+
+    def _shared_step(self, batch: AVSBatch, stage: str) -> torch.Tensor:
+        out = self(batch)
+        terms = self.compute_losses(out, batch)
+        loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
+            raise NonFiniteLossError(
+                f"non-finite {stage} loss ({parts}) at epoch {self.current_epoch}, step {self.global_step}, "
+                f"batch of clips {batch.uids}; training stopped, last good checkpoint kept: {last or 'none yet'}")
+        bs = batch.num_clips
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+        for k, v in terms.items():
+            self.log(f"{stage}/loss_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+        if stage == "train" and self.weights["infonce"] > 0:
+            self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
+        self.metric(stage).update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        return loss
+
+    def training_step(self, batch: AVSBatch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: AVSBatch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: AVSBatch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        scores = self.metric(stage).compute()
+        for k, v in scores.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k == "miou", sync_dist=False)
+        self.metric(stage).reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
