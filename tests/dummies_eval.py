@@ -124,3 +124,63 @@ def write_run(root: str | Path, name: str, *, world: dict, variant: str = "teso"
         (Path(root) / "runs" / "latest.json").write_text(json.dumps({"run_dir": str(run), "variant": variant,
                                                                       "export": str(exp)}))
     return run
+
+
+def write_mp4(path: str | Path, *, seconds: int = 3, fps: int = 5, size: int = 64, audio: bool = True,
+              sample_rate: int = 16000) -> Path:
+    """A small MP4 (mpeg4 video, AAC audio) with PyAV: a square moving across a textured room and a
+    440 Hz tone; ``audio=False`` writes no audio stream."""
+    import av
+
+    path = Path(path)
+    rng = np.random.default_rng(0)
+    room = rng.integers(60, 120, (size, size, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=fps)
+        v.width = v.height = size
+        v.pix_fmt = "yuv420p"
+        a = out.add_stream("aac", rate=sample_rate) if audio else None
+        if a is not None:
+            a.layout = "mono"
+        for i in range(seconds * fps):
+            img = room.copy()
+            x = int(i * (size - 16) / max(1, seconds * fps - 1))
+            img[24:40, x:x + 16] = (220, 180, 40)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+        if a is not None:
+            t = np.arange(seconds * sample_rate) / sample_rate
+            wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            hop = 1024
+            for k in range(0, len(wave), hop):
+                fr = av.AudioFrame.from_ndarray(wave[None, k:k + hop], format="flt", layout="mono")
+                fr.sample_rate = sample_rate
+                fr.pts = k
+                for p in a.encode(fr):
+                    out.mux(p)
+            for p in a.encode():
+                out.mux(p)
+    return path
+
+
+def write_encoder_export(root: str | Path, *, variant: str = "teso") -> Path:
+    """An export of a tiny TeSO sized for the offline encoders of the features stage (YAMNet 1024-d,
+    EfficientNet-Lite0 s8/s16/s32 = 40/112/320 channels, MiniLM 384-d)."""
+    from model.teso import TeSO
+
+    torch.manual_seed(0)
+    args = {**tiny_net_args(), "audio_dim": 1024, "text_dim": 384, "visual_channels": [40, 112, 320],
+            "semantic": False, "num_classes": 1, "max_seconds": 5}
+    net = TeSO(**args).eval()
+    exp = Path(root) / "export"
+    exp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(exp / "model.safetensors"))
+    cfg = {"variant": variant, "net": {"class_path": "model.teso.TeSO", "init_args": args},
+           "data": {"dataset": "synthavs", "cache_root": str(Path(root) / "nocache"), "clip_len": 5,
+                    "levels": ["s8", "s16", "s32"], "visual_channels": [40, 112, 320], "audio_dim": 1024,
+                    "text_dim": 384, "expect_audio": {"encoder": "yamnet"},
+                    "expect_visual": {"encoder": "efficientnet-lite0"}, "expect_text": {"encoder": "minilm"}}}
+    (exp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return exp
