@@ -381,6 +381,7 @@ class MaskDecoder(nn.Module):
                     break
         self.load_state_dict(new_sd, strict=False)
         report.loaded = sorted(new_sd)
+        report.skipped_shape.sort()
         report.missing = sorted(k for k in own if k not in new_sd and k not in report.skipped_shape)
         return report
 
@@ -390,6 +391,11 @@ class MaskDecoder(nn.Module):
         if not (config.feature_size == config.mask_feature_size == config.hidden_dim):
             raise ValueError("MaskDecoder needs feature_size == mask_feature_size == hidden_dim, got "
                              f"{config.feature_size}/{config.mask_feature_size}/{config.hidden_dim}")
+        assumed = {"pre_norm": False, "activation_function": "relu", "enforce_input_projection": False,
+                   "common_stride": list(config.feature_strides)[0]}
+        differ = {k: getattr(config, k) for k, v in assumed.items() if getattr(config, k) != v}
+        if differ:
+            raise ValueError(f"MaskDecoder rebuilds Mask2Former with {assumed}; the checkpoint config has {differ}")
         return dict(
             in_channels=list(in_channels), in_strides=list(config.feature_strides), hidden_dim=config.hidden_dim,
             num_queries=config.num_queries, num_labels=config.num_labels, encoder_layers=config.encoder_layers,

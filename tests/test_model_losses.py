@@ -1,0 +1,79 @@
+"""Losses: hand-computed values, masking of invalid frames, the Hungarian set loss."""
+import math
+
+import pytest
+import torch
+
+from model.losses import InfoNCE, SetCriterion, dice_loss, info_nce, semantic_targets, sigmoid_bce
+
+
+def test_info_nce_hand_computed_2x2():
+    audio = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised inside: [1,0], [0,1]
+    text = torch.tensor([[3.0, 0.0], [0.6, 0.8]])  # [1,0], [0.6,0.8]
+    # s = cos / tau with tau = 0.5: [[2, 1.2], [0, 1.6]]
+    a2t = (math.log(1 + math.exp(-0.8)) + math.log(1 + math.exp(-1.6))) / 2
+    t2a = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-0.4))) / 2
+    assert info_nce(audio, text, temperature=0.5, symmetric=False).item() == pytest.approx(a2t, rel=1e-6)
+    assert info_nce(audio, text, temperature=0.5).item() == pytest.approx((a2t + t2a) / 2, rel=1e-6)
+
+
+def test_info_nce_module_temperature():
+    m = InfoNCE()
+    assert m.temperature.item() == pytest.approx(0.07, rel=1e-6)
+    a, t = torch.randn(3, 8), torch.randn(3, 8)
+    assert m(a, t).item() == pytest.approx(info_nce(a, t, temperature=0.07).item(), rel=1e-5)
+    m(a, t).backward()
+    assert m.log_inv_temperature.grad is not None and m.log_inv_temperature.grad != 0
+    with torch.no_grad():
+        m.log_inv_temperature.fill_(10.0)
+    assert m.temperature.item() == pytest.approx(0.01, rel=1e-5)  # clamped at 1/tau = 100
+    # one clip: no negatives, loss 0
+    assert m(a[:1], t[:1]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bce_and_dice_hand_computed_and_valid_frames():
+    logits = torch.zeros(2, 2, 2)
+    target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    assert sigmoid_bce(logits, target).item() == pytest.approx(math.log(2), rel=1e-6)
+    # frame 0: (2*0.5*2 + 1) / (2 + 2 + 1) = 3/5; frame 1: (2*0.5*4 + 1) / (2 + 4 + 1) = 5/7
+    assert dice_loss(logits, target).item() == pytest.approx(((1 - 3 / 5) + (1 - 5 / 7)) / 2, rel=1e-6)
+    valid = torch.tensor([True, False])
+    assert dice_loss(logits, target, valid=valid).item() == pytest.approx(1 - 3 / 5, rel=1e-6)
+    # logits smaller than the target are upsampled first
+    small = torch.full((2, 1, 1), 3.0, requires_grad=True)
+    loss = sigmoid_bce(small, target, valid=valid)
+    assert loss.item() == pytest.approx(0.5 * (math.log(1 + math.exp(-3)) + math.log(1 + math.exp(3))), rel=1e-5)
+    # no valid frame: zero, still differentiable
+    none = torch.zeros(2, dtype=torch.bool)
+    z = sigmoid_bce(small, target, valid=none) + dice_loss(small, target, valid=none)
+    z.backward()
+    assert z.item() == 0.0 and small.grad is not None
+
+
+def test_semantic_targets():
+    cm = torch.tensor([[[0, 2], [3, 2]], [[0, 0], [0, 0]]])
+    masks, labels = semantic_targets(cm)
+    assert labels[0].tolist() == [1, 2] and masks[0].shape == (2, 2, 2)
+    assert masks[0][0].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert labels[1].numel() == 0 and masks[1].shape == (0, 2, 2)
+
+
+def test_set_criterion_runs_with_empty_and_invalid_frames():
+    torch.manual_seed(0)
+    crit = SetCriterion(num_classes=3, num_points=64)
+    qm = torch.randn(3, 5, 4, 4, requires_grad=True)
+    cl = torch.randn(3, 5, 4, requires_grad=True)
+    cm = torch.zeros(3, 8, 8, dtype=torch.long)
+    cm[0, :4] = 1
+    cm[0, 4:, :4] = 3
+    aux_m, aux_c = (torch.randn(3, 5, 4, 4),), (torch.randn(3, 5, 4),)
+    out = crit(query_masks=qm, class_logits=cl, class_masks=cm, valid=torch.tensor([True, True, False]),
+               aux_query_masks=aux_m, aux_class_logits=aux_c)
+    assert set(out) == {"loss_cross_entropy", "loss_mask", "loss_dice",
+                        "loss_cross_entropy_0", "loss_mask_0", "loss_dice_0"}
+    total = sum(out.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert qm.grad[0].abs().sum() > 0 and qm.grad[2].abs().sum() == 0  # the invalid frame is ignored
+    none = crit(query_masks=qm, class_logits=cl, class_masks=cm, valid=torch.zeros(3, dtype=torch.bool))
+    assert all(v.item() == 0 for v in none.values())
