@@ -116,9 +116,14 @@ def test_preference_arithmetic():
 
 def test_make_preference_outputs_and_table(world, tmp_path, capsys):
     root = world["root"]
-    out = tmp_path / "pref"
-    assert PR.main(["--runs-root", str(root / "runs"), "--out", str(out), "--no-progress"]) == 0
+    reports = tmp_path / "reports"
+    assert E.main(["--runs-root", str(root / "runs"), "--reports", str(reports), "--no-progress", "--overlays", "1"]) == 0
+    out = reports / "preference"
+    for _ in range(2):  # a re-run replaces the table in the run's report instead of appending another
+        assert PR.main(["--runs-root", str(root / "runs"), "--reports", str(reports), "--no-progress"]) == 0
     printed = capsys.readouterr().out
+    run_report = (reports / "r_teso" / "report.md").read_text()
+    assert run_report.count(PR.REPORT_BEGIN) == 1 and "../preference/preference.png" in run_report
     data = json.loads((out / "preference.json").read_text())
     t = pd.DataFrame(data["rows"])
     assert set(t["model"]) == {"teso", "audio_only", PR.BASELINE}

@@ -290,10 +290,10 @@ def load_frames(manifest, uid: str, clip_len: int) -> list[Image.Image]:
     return out
 
 
-def find_metrics_csv(run_dir: Path) -> Path | None:
-    """The newest CSVLogger ``metrics.csv`` under the run directory."""
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def find_metrics_csv(run_dir: Path) -> list[Path]:
+    """Every CSVLogger ``metrics.csv`` under the run directory, oldest first (a resumed run logs
+    each invocation into its own ``version_<k>``; together they are the whole run)."""
+    return sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
 
 
 def draw_pictures(model, dm: AVSDataModule, pred: Predictions, sample: list[str], *, out_dir: Path, run_dir: Path,
@@ -325,10 +325,10 @@ def draw_pictures(model, dm: AVSDataModule, pred: Predictions, sample: list[str]
                       muted[uid] > thr if uid in muted else None, caps, out_dir / rel,
                       title=f"{uid} ({export_cfg.get('variant', 'model')})")
         pics["overlays"].append(rel)
-    csv = find_metrics_csv(run_dir)
-    if csv is not None:
+    csvs = find_metrics_csv(run_dir)
+    if csvs:
         try:
-            training_curves(csv, out_dir / "curves.png")
+            training_curves(csvs, out_dir / "curves.png")
             pics["curves"] = "curves.png"
         except ValueError as e:
             pics["notes"].append(str(e))

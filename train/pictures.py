@@ -87,13 +87,15 @@ def _figure(width: float, height: float):
     return fig
 
 
-def read_metrics_csv(path: str | Path) -> pd.DataFrame:
-    """Lightning CSVLogger ``metrics.csv`` (one row per logging call; columns blank when not logged)."""
-    return pd.read_csv(path)
+def read_metrics_csv(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """Lightning CSVLogger ``metrics.csv`` file(s), concatenated in order (one row per logging
+    call; columns blank when not logged)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
 
-def training_curves(metrics_csv: str | Path, out_path: str | Path) -> Path:
-    """Losses and validation metrics against epoch (or step) from a CSVLogger file, as one PNG."""
+def training_curves(metrics_csv: str | Path | Sequence[str | Path], out_path: str | Path) -> Path:
+    """Losses and validation metrics against epoch (or step) from CSVLogger file(s), as one PNG."""
     df = read_metrics_csv(metrics_csv)
     x = "epoch" if "epoch" in df.columns else "step"
     losses = [c for c in df.columns if "loss" in c]

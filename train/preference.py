@@ -41,6 +41,7 @@ from train.export import load_exported, read_export_config
 CONDITIONS = ("none", "mute", "wgn10", "wgn40")  # audio cache tags; "none" = the normal audio
 BASELINE = "usual-sounders baseline"
 OUT_NAME = "preference"
+REPORT_BEGIN, REPORT_END = "<!-- preference -->", "<!-- /preference -->"  # section in reports/<run>/report.md
 
 
 def find_models(runs_root: Path = RUNS_ROOT, runs: Sequence[str | Path] | None = None) -> list[tuple[str, Path]]:
@@ -140,7 +141,8 @@ def baseline_predictions(dm, manifest, usual: list[str], *, protocol: str, progr
 def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = None, dataset: str | None = None,
                    cache_root: str | None = None, manifest: str | None = None, split: str = "test",
                    protocol: str = M.DEFAULT_PROTOCOL, conditions: Sequence[str] = CONDITIONS,
-                   out_dir: Path = REPORTS_ROOT / OUT_NAME, batch_size: int | None = None, baseline: bool = True,
+                   out_dir: Path = REPORTS_ROOT / OUT_NAME, reports_root: Path = REPORTS_ROOT,
+                   batch_size: int | None = None, baseline: bool = True,
                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Evaluate every model under every audio condition; write JSON, markdown and bar charts."""
     from train.pictures import preference_bars
@@ -200,7 +202,38 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
     (out_dir / f"{OUT_NAME}.json").write_text(json.dumps({**meta, "rows": table.to_dict(orient="records")}, indent=1,
                                                          default=float))
     (out_dir / f"{OUT_NAME}.md").write_text(preference_md(table, conditions, meta=meta, chart=charts.get("all")))
+    meta["run_reports"] = [str(p) for p in attach_to_run_reports(table, conditions, models, reports_root=reports_root,
+                                                                 out_dir=out_dir, meta=meta)]
     return table, meta
+
+
+def attach_to_run_reports(table: pd.DataFrame, conditions: Sequence[str], models: Sequence[tuple[str, Path]], *,
+                          reports_root: Path, out_dir: Path, meta: dict[str, Any]) -> list[Path]:
+    """Put the preference table (slice ``all``) into each evaluated model's ``reports/<run>/report.md``,
+    between markers that a re-run replaces; returns the reports touched."""
+    import os
+
+    from train.report import md_table, preference_rows
+
+    touched = []
+    header, rows = preference_rows(table[table["slice"] == "all"], conditions, markdown=True)
+    for _, export_dir in models:
+        report = Path(reports_root) / export_dir.parent.name / "report.md"
+        if not report.exists():
+            continue
+        rel = os.path.relpath(out_dir, report.parent)
+        block = "\n".join([REPORT_BEGIN, "## Segmentation preference (all test clips)", "",
+                           f"Protocol {meta['protocol']}; cells mIoU % (Delta_m %) / F (Delta_f %); per slice and "
+                           f"the chart: [{rel}/{OUT_NAME}.md]({rel}/{OUT_NAME}.md).", "", md_table(header, rows), "",
+                           f"![preference]({rel}/{meta['charts'].get('all', OUT_NAME + '.png')})", REPORT_END])
+        text = report.read_text()
+        if REPORT_BEGIN in text and REPORT_END in text:
+            text = text[:text.index(REPORT_BEGIN)] + block + text[text.index(REPORT_END) + len(REPORT_END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        report.write_text(text)
+        touched.append(report)
+    return touched
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--protocol", default=M.DEFAULT_PROTOCOL, choices=sorted(M.PROTOCOLS))
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="audio cache tags, normal first")
-    ap.add_argument("--out", default=str(REPORTS_ROOT / OUT_NAME), help="output directory")
+    ap.add_argument("--out", default=None, help="output directory (default <reports>/preference)")
+    ap.add_argument("--reports", default=str(REPORTS_ROOT), help="reports root; evaluated runs' report.md get the table")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
@@ -224,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         table, meta = run_preference(runs_root=Path(args.runs_root), runs=args.run, dataset=args.dataset,
                                      cache_root=args.cache_root, manifest=args.manifest, split=args.split,
                                      protocol=args.protocol, conditions=[c for c in args.conditions.split(",") if c],
-                                     out_dir=Path(args.out), batch_size=args.batch_size,
+                                     out_dir=Path(args.out or Path(args.reports) / OUT_NAME),
+                                     reports_root=Path(args.reports), batch_size=args.batch_size,
                                      baseline=not args.no_baseline, progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
         print(error_line(e), file=sys.stderr)
         return 2
-    print(f"wrote {args.out}/{OUT_NAME}.json, {OUT_NAME}.md, {OUT_NAME}.png")
+    out = args.out or Path(args.reports) / OUT_NAME
+    print(f"wrote {out}/{OUT_NAME}.json, {OUT_NAME}.md, {OUT_NAME}.png"
+          + (f"; table added to {', '.join(meta['run_reports'])}" if meta["run_reports"] else ""))
     print(preference_text(table, meta["conditions"], meta=meta))
     return 0
 

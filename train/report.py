@@ -113,6 +113,7 @@ def eval_report_md(m: Mapping[str, Any]) -> str:
         if pics.get("overlays"):
             out += ["", "Each strip: frames; ground truth (green); prediction with the normal audio (red); "
                     "prediction with muted audio (blue); the frames' text cues underneath.", ""]
+        out += [f"Note: {n}" for n in pics.get("notes", [])]
     return "\n".join(out) + "\n"
 
 
