@@ -22,6 +22,7 @@ torch.Size([2, 3])
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.fingerprint import canonical_json
 from pipeline.runner import (CARD, COMPLETED, FAILURE, ArraySpec, ShardOutput, Stage, StageError, StageResult,
                              read_card, read_stage, run_stage, shard_name)
 
@@ -242,7 +244,11 @@ class ArrayStage(Stage):
         self.batch_size = max(1, len(self.rows))
 
     def config(self) -> dict[str, Any]:
-        return {"source": "write_cache", **self.card}
+        # the content itself is the input: other rows or arrays must give another directory
+        digest = hashlib.sha256(canonical_json(self.rows.to_dict("list")).encode())
+        for k in sorted(self.arrays):
+            digest.update(k.encode() + str(self.arrays[k].dtype).encode() + np.ascontiguousarray(self.arrays[k]).tobytes())
+        return {"source": "write_cache", "content": digest.hexdigest()[:16], **self.card}
 
     def array_specs(self) -> dict[str, ArraySpec]:
         return {k: ArraySpec(tuple(v.shape[1:]), str(v.dtype)) for k, v in self.arrays.items()}

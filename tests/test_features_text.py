@@ -1,0 +1,78 @@
+"""Text stage: one embedded table of distinct cues, per-frame ids, chaining to the cue stage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.encoders.text import MiniLMText
+from pipeline.features import frame_cues, run_text
+from pipeline.store import FeatureStore, FeatureStoreError
+from tests.dummies_features import tiny_synthavs, write_cues
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_synthavs(tmp_path_factory.getbasetemp() / "tiny")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    enc = MiniLMText()
+    enc.setup()
+    return enc
+
+
+VARIANTS = ["Guitar", "guitar ", "GUITAR.", "acoustic  guitar", "a dog", "man", "piano", "drums"]
+
+
+def _cues(uid, f):
+    if f == 0:
+        return []  # a frame without cues is legal
+    if f == 1:
+        return VARIANTS  # duplicates after normalisation, and more than K = 4
+    return [VARIANTS[(len(uid) + f) % 3], "man"]
+
+
+def test_cue_table_deduplicates_and_ids_match(tiny, minilm, tmp_path):
+    cues = write_cues(tmp_path, tiny.frames, _cues, tag="cot")
+    res = run_text(tiny, minilm, cue_set="cot", cache_root=tmp_path, dataset="synthavs", progress=False)
+    assert res.complete and res.n_failed == 0
+    store = FeatureStore(res.out_dir, expect={"encoder": "minilm", "cue_set": "cot", "max_cues": 4})
+    vocab = store.cue_vocab
+    assert vocab == sorted(set(vocab)) and "guitar" in vocab and "Guitar" not in vocab
+    assert vocab == ["a dog", "acoustic guitar", "guitar", "man"]  # cues cut beyond K never enter the table
+    table = store.cue_table
+    assert table.shape == (4, 384) and table.dtype.is_floating_point
+    np.testing.assert_allclose(table.float().numpy(), minilm.embed(vocab), atol=2e-3)
+    uid = tiny.frames.uid.iloc[0]
+    ids0, valid0 = store.get(uid, 0, "cue_ids"), store.get(uid, 0, "cue_valid")
+    assert ids0.tolist() == [-1] * 4 and valid0.sum() == 0  # no cue: all padding, still a good row
+    ids1 = store.get(uid, 1, "cue_ids").tolist()
+    assert [vocab[i] for i in ids1] == ["guitar", "acoustic guitar", "a dog", "man"]
+    assert store.card["frames_without_cues"] == tiny.frames.uid.nunique()
+    assert store.card["frames_with_cues_cut"] == tiny.frames.uid.nunique()
+    assert store.card["inputs"]["cues"] == cues.fingerprint
+    # a different cue table gives a different (chained) cache directory
+    write_cues(tmp_path, tiny.frames, lambda u, f: ["bell"], tag="cot")
+    res2 = run_text(tiny, minilm, cue_set="cot", cache_root=tmp_path, dataset="synthavs", progress=False)
+    assert res2.out_dir != res.out_dir and FeatureStore(res2.out_dir).cue_vocab == ["bell"]
+
+
+def test_failed_cue_rows_fail_text_rows(tiny, minilm, tmp_path):
+    fails = ["ValueError: unparseable LLM output" if i == 3 else "" for i in range(len(tiny.frames))]
+    write_cues(tmp_path, tiny.frames, lambda u, f: ["piano"], tag="direct", failures=fails)
+    res = run_text(tiny, minilm, cue_set="direct", cache_root=tmp_path, dataset="synthavs", progress=False)
+    assert res.n_failed == 1 and "cue stage failed" in res.failures[0]["failure"]
+    row = tiny.frames.iloc[3]
+    with pytest.raises(FeatureStoreError, match="unparseable"):
+        FeatureStore(res.out_dir).get(row.uid, row.frame_idx, "cue_ids")
+
+
+def test_missing_cue_stage_is_a_clear_error(tiny, minilm, tmp_path):
+    with pytest.raises(Exception, match="run `make cues` first"):
+        run_text(tiny, minilm, cue_set="oracle", cache_root=tmp_path, dataset="synthavs", progress=False)
+
+
+def test_frame_cues_normalises():
+    assert frame_cues(["A  Dog!", "a dog", " "], 4) == (["a dog"], 0)
+    assert frame_cues(None, 4) == ([], 0)
