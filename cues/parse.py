@@ -1,0 +1,162 @@
+"""Tolerant parsing of an LLM answer into a list of cue strings (pure functions).
+
+Status of a parse:
+
+* ``ok``: the text is valid JSON (optionally inside a code fence) with a
+  ``sounding_objects`` list of strings;
+* ``repaired``: something had to be fixed first: prose around the JSON, single quotes,
+  trailing commas, a truncated object, a near-miss key, a comma-separated string instead of a
+  list, a bare bulleted list or an ``Answer: a, b`` line;
+* ``malformed``: nothing readable (the stage then asks once more with the repair prompt).
+
+>>> parse_answer('{"sounding_objects": ["man"]}')
+ParseResult(items=['man'], status='ok', note='')
+>>> parse_answer("Sure! ```json\\n{'sounding_objects': ['dog', 'man',],}\\n```").status
+'repaired'
+>>> parse_answer("- a dog\\n- two men").items
+['a dog', 'two men']
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+
+ANSWER_KEY = "sounding_objects"
+# Keys a model uses instead of the asked one; matched after lower-casing and dropping [ _-].
+_KEY_ALIASES = ("soundingobjects", "soundingobject", "soundingsources", "soundsources", "answer",
+                "objects", "cues", "sources", "candidates")
+_FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$")
+_ANSWER_LINE = re.compile(r"(?:sounding[ _]objects?|answer|sound(?:ing)? sources?)\s*[:=]\s*(.+)", re.I)
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    items: list[str]
+    status: str  # ok | repaired | malformed
+    note: str = ""
+
+
+def _strict(text: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
+def _close_truncated(text: str) -> str:
+    """Close quotes/brackets left open by a generation that hit its token limit."""
+    stack, in_str, esc, str_start = [], False, False, 0
+    for i, ch in enumerate(text):
+        if in_str:
+            esc, in_str = (not esc and ch == "\\"), (in_str if esc or ch != '"' else False)
+            continue
+        if ch == '"':
+            in_str, str_start = True, i
+        elif ch in "[{":
+            stack.append("]" if ch == "[" else "}")
+        elif ch in "]}" and stack:
+            stack.pop()
+    # A string cut mid-way is dropped, not kept half-written ("gui" is no cue).
+    out = text[:str_start] if in_str else text
+    out = re.sub(r"[,:]\s*$", "", out.rstrip())
+    if stack and stack[-1] == "}":  # inside an object: a dangling key whose value never started
+        out = re.sub(r'(?<=[{,])\s*"[^"]*"$', "", out).rstrip().rstrip(",")
+    return out + "".join(reversed(stack))
+
+
+def _loose(text: str):
+    """JSON after the usual repairs, or a Python literal (single quotes); None if neither."""
+    fixed = re.sub(r",\s*([\]}])", r"\1", text)          # trailing commas
+    for candidate in (fixed, _close_truncated(fixed)):
+        obj = _strict(candidate)
+        if obj is not None:
+            return obj
+        try:
+            return ast.literal_eval(candidate)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
+        obj = _strict(re.sub(r"'", '"', candidate))       # 'single' quotes with apostrophe-free content
+        if obj is not None:
+            return obj
+    return None
+
+
+def _items(value) -> list[str] | None:
+    if isinstance(value, str):
+        return [p.strip() for p in re.split(r",|;|\band\b", value) if p.strip()]
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            if isinstance(v, str):
+                out.append(v.strip())
+            elif isinstance(v, dict):  # [{"name": "dog"}] style
+                name = next((v[k] for k in ("name", "object", "label") if isinstance(v.get(k), str)), None)
+                if name:
+                    out.append(name.strip())
+        return [o for o in out if o]
+    return None
+
+
+def _from_obj(obj) -> tuple[list[str] | None, bool]:
+    """(items, exact_key) from a parsed JSON value."""
+    if isinstance(obj, dict):
+        if ANSWER_KEY in obj and isinstance(obj[ANSWER_KEY], list):
+            items = _items(obj[ANSWER_KEY])
+            return items, len(items) == len(obj[ANSWER_KEY])
+        norm = {re.sub(r"[ _-]", "", str(k).lower()): v for k, v in obj.items()}
+        for alias in _KEY_ALIASES:
+            if alias in norm and _items(norm[alias]) is not None:
+                return _items(norm[alias]), False
+        return None, False
+    if isinstance(obj, list):
+        return _items(obj), False
+    return None, False
+
+
+def _json_spans(text: str) -> list[str]:
+    """Candidate JSON snippets: fenced blocks, then from each '{' (or '[') to the end/last closer."""
+    spans = [m.group(1) for m in _FENCE.finditer(text)]
+    # A bare list only when there is no object: inside an object the first list is
+    # visible_objects, not the answer.
+    for opener, closer in (("{", "}"),) if "{" in text else (("[", "]"),):
+        start = text.find(opener)
+        if start >= 0:
+            end = text.rfind(closer)
+            if end > start:
+                spans.append(text[start:end + 1])
+            spans.append(text[start:])  # truncated: closed by _close_truncated
+    return spans
+
+
+def parse_answer(text: str) -> ParseResult:
+    """Cue strings from a model answer, tolerating the usual mess; never raises."""
+    if not isinstance(text, str) or not text.strip():
+        return ParseResult([], "malformed", "empty output")
+    stripped = text.strip()
+    fenced = _FENCE.fullmatch(stripped)
+    obj = _strict(fenced.group(1) if fenced else stripped)
+    if obj is not None:
+        items, exact = _from_obj(obj)
+        if items is not None:
+            return ParseResult(items, "ok" if exact else "repaired", "" if exact else "key or item shape fixed")
+    for span in _json_spans(stripped):
+        obj = _loose(span)
+        if obj is None:
+            continue
+        items, _ = _from_obj(obj)
+        if items is not None:
+            return ParseResult(items, "repaired", "JSON extracted/fixed")
+    lines = stripped.splitlines()
+    bullets = [m.group(1) for m in map(_BULLET.match, lines) if m]
+    if bullets:
+        return ParseResult([b.strip(" .\"'`") for b in bullets if b.strip(" .\"'`")], "repaired", "bulleted list")
+    for line in reversed(lines):
+        m = _ANSWER_LINE.search(line)
+        if m:
+            items = _items(m.group(1).strip(" .[]\"'`"))
+            if items:
+                return ParseResult([i.strip(" \"'`") for i in items], "repaired", "answer line")
+    return ParseResult([], "malformed", "no JSON, list or answer line found")

@@ -1,0 +1,164 @@
+"""Where a frame's cues come from: an LLM asked with a template, or a baseline without one.
+
+* :class:`LLMCues`: template -> backend (``transformers``/``vllm``) -> tolerant parse -> one
+  repair retry -> normalisation; every distinct question goes through the :class:`~cues.memo.Memo`.
+* :class:`VocabMatchCues`: the category names (and synonyms) found in the caption, no LLM.
+* :class:`OracleCues`: the ground-truth sounding labels of the frame (an upper bound).
+
+Each source turns a micro-batch of caption rows into cue rows with the same columns:
+``prompt_version, model, raw_output, repair_output, cues, parse_status, memo_key``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cues.backends import LLMBackend
+from cues.memo import Memo, memo_key
+from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, normalize_cues
+from cues.parse import parse_answer
+from cues.templates import OUTPUTS, PromptTemplate, answer_schema
+from pipeline.fingerprint import canonical_json, text_hash
+
+SOURCES = ("transformers", "vllm", "vocab-match", "oracle")
+# Bumped when normalize.py changes what a cue list looks like (part of the fingerprint).
+NORMALIZATION_VERSION = "norm-v1"
+
+
+@dataclass
+class CueAnswer:
+    """One frame's result, before it becomes a Parquet row."""
+
+    cues: list[str]
+    parse_status: str
+    raw_output: str = ""
+    repair_output: str = ""
+    memo_key: str = ""
+
+
+def _final_status(status: str, cues: list[str]) -> str:
+    # "empty": the answer was readable but no cue is left after normalisation.
+    return "empty" if status in ("ok", "repaired") and not cues else status
+
+
+@dataclass
+class LLMCues:
+    """Cues from a frozen LLM. ``closed``: the schema's names are an enum of ``vocabulary``."""
+
+    template: PromptTemplate
+    backend: LLMBackend
+    vocabulary: Vocabulary
+    memo: Memo
+    closed: bool = True
+    structured: bool = True
+    repair: bool = True
+    max_cues: int = DEFAULT_MAX_CUES
+    asked: int = 0          # questions this process sent to the LLM (memo misses, de-duplicated)
+    rows_seen: int = 0
+    _settings: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def prompt_vocabulary(self) -> list[str] | None:
+        return self.vocabulary.names if self.closed else None
+
+    def schema(self, fields: tuple[str, ...]) -> dict[str, Any] | None:
+        if not self.structured:
+            return None
+        return answer_schema(fields, self.prompt_vocabulary, max_cues=self.max_cues)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the raw answer (memo key and fingerprint)."""
+        if self._settings is None:
+            self._settings = {"template": self.template.config(), "llm": self.backend.config(),
+                              "structured": self.structured, "vocabulary": "closed" if self.closed else "open",
+                              "prompt_vocabulary_hash": text_hash(canonical_json(self.prompt_vocabulary)),
+                              "repair": self.repair}
+        return self._settings
+
+    def config(self) -> dict[str, Any]:
+        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues,
+                "map_to_vocabulary": self.closed, "normalization": NORMALIZATION_VERSION}
+
+    def key(self, caption: str) -> str:
+        # The answer cap (max_cues) is part of the schema, hence of the key, via settings+schema.
+        return memo_key({"caption": caption, **self.settings(), "schema": self.schema(self.template.fields)})
+
+    def _ask(self, captions: list[str]) -> list[dict[str, Any]]:
+        """Answer distinct captions: generate, parse, one repair round for malformed answers."""
+        vocab = self.prompt_vocabulary
+        raws = self.backend.chat([self.template.messages(c, vocab) for c in captions], self.schema(self.template.fields))
+        results = [{"raw_output": r, "repair_output": "", **vars(parse_answer(r))} for r in raws]
+        bad = [i for i, r in enumerate(results) if r["status"] == "malformed"]
+        if self.repair and bad:
+            convs = [self.template.repair_messages(captions[i], results[i]["raw_output"], vocab) for i in bad]
+            for i, r in zip(bad, self.backend.chat(convs, self.schema(OUTPUTS["direct"]))):
+                p = parse_answer(r)
+                results[i].update(repair_output=r, items=p.items, note=f"repair prompt: {p.note}",
+                                  status="repaired" if p.status != "malformed" else "malformed")
+        return results
+
+    def answer(self, captions: list[str]) -> list[CueAnswer]:
+        keys = [self.key(c) for c in captions]
+        known: dict[str, dict[str, Any]] = {}
+        todo: dict[str, str] = {}
+        for k, c in zip(keys, captions):
+            if k in known or k in todo:
+                continue
+            hit = self.memo.get(k)
+            if hit is not None:
+                known[k] = hit
+            else:
+                todo[k] = c
+        if todo:
+            for k, res in zip(todo, self._ask(list(todo.values()))):
+                self.memo.put(k, res)
+                known[k] = res
+        self.asked += len(todo)
+        self.rows_seen += len(captions)
+        out = []
+        for k in keys:
+            res = known[k]
+            vocabulary = self.vocabulary if self.closed else None
+            cues = normalize_cues(res["items"], k=self.max_cues, vocabulary=vocabulary)
+            out.append(CueAnswer(cues, _final_status(res["status"], cues), res["raw_output"], res["repair_output"], k))
+        return out
+
+
+@dataclass
+class VocabMatchCues:
+    """Baseline: category names and synonyms mentioned in the caption (no LLM)."""
+
+    vocabulary: Vocabulary
+    max_cues: int = DEFAULT_MAX_CUES
+    name: str = "vocab-match"
+
+    def config(self) -> dict[str, Any]:
+        return {"source": self.name, "vocabulary_hash": text_hash(canonical_json(self.vocabulary.table)),
+                "max_cues": self.max_cues, "normalization": NORMALIZATION_VERSION}
+
+    def answer(self, captions: list[str]) -> list[CueAnswer]:
+        out = []
+        for c in captions:
+            cues = self.vocabulary.find_in_text(c)[:self.max_cues]
+            out.append(CueAnswer(cues, "ok" if cues else "empty"))
+        return out
+
+
+@dataclass
+class OracleCues:
+    """Upper bound: the frame's ground-truth sounding labels, mapped onto the vocabulary."""
+
+    vocabulary: Vocabulary
+    max_cues: int = DEFAULT_MAX_CUES
+    name: str = "oracle"
+
+    def config(self) -> dict[str, Any]:
+        return {"source": self.name, "vocabulary_hash": text_hash(canonical_json(self.vocabulary.table)),
+                "max_cues": self.max_cues, "normalization": NORMALIZATION_VERSION}
+
+    def answer_labels(self, labels: list[list[str]]) -> list[CueAnswer]:
+        out = []
+        for lab in labels:
+            cues = self.vocabulary.map_labels(list(lab))[:self.max_cues]
+            out.append(CueAnswer(cues, "ok" if cues else "empty"))
+        return out
