@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from PIL import Image
+from tqdm.auto import tqdm
 
 from manifests.schema import FrameRow, manifest_path, write_manifest
 from pipeline import media_draw, media_sounds
@@ -520,23 +521,24 @@ def generate(*, out_root: str | Path = "cache", clips: int = SynthConfig.clips, 
     root = Path(out_root) / DATASET / "media" / fp
     if (root / COMPLETED).exists():
         return root
-    t0 = time.perf_counter()
     tmp = root.with_name(f"{fp}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     bank = media_sounds.render_bank(CATEGORIES)
     todo = [(cfg, c, str(tmp)) for c in plan(cfg)]
+    bar = tqdm(total=len(todo), desc="synthavs", unit="clip", disable=not progress, file=sys.stderr)
     records = []
     if workers > 1:
         with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(bank,)) as pool:
-            for k, rec in enumerate(pool.imap(_render_clip, todo, chunksize=4)):
+            for rec in pool.imap(_render_clip, todo, chunksize=4):
                 records.append(rec)
-                _progress(k + 1, len(todo), t0, progress)
+                bar.update(1)
     else:
         _init_worker(bank)
-        for k, args in enumerate(todo):
+        for args in todo:
             records.append(_render_clip(args))
-            _progress(k + 1, len(todo), t0, progress)
+            bar.update(1)
+    bar.close()
     with open(tmp / "clips.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True) + "\n")
@@ -544,17 +546,15 @@ def generate(*, out_root: str | Path = "cache", clips: int = SynthConfig.clips, 
     (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True))
     (tmp / "DATASET_CARD.md").write_text(_card_markdown(card))
     (tmp / COMPLETED).touch()
-    if root.exists():  # an unfinished earlier attempt
+    if root.exists() and not (root / COMPLETED).exists():  # an unfinished earlier attempt
         shutil.rmtree(root)
-    os.replace(tmp, root)
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root / COMPLETED).exists():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same config first: same bytes, keep theirs
     return root
-
-
-def _progress(done: int, total: int, t0: float, enabled: bool) -> None:
-    if enabled and (done == total or done % 20 == 0):
-        rate = done / max(time.perf_counter() - t0, 1e-6)
-        print(f"\rsynthavs: {done}/{total} clips ({rate:.1f} clips/s, ETA {(total - done) / rate:.0f}s)",
-              end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 def build_manifest(data_root: str | Path, manifest: str | Path) -> str:

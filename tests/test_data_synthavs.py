@@ -162,3 +162,17 @@ def test_default_plan_has_the_designed_bias_and_measurable_slices():
                 tvis.update(list(c["objects"]))
                 tsnd.update(on)
     assert max(tsnd[c] / tvis[c] for c in USUAL) < 0.7
+
+
+def test_sound_bank_is_deterministic_and_not_sine_waves():
+    from pipeline.media_sounds import SAMPLE_RATE, render_bank
+
+    cats = ["guitar", "drums", "woman", "bell"]
+    a, b = render_bank(cats), render_bank(cats)
+    for c in cats:
+        assert len(a[c]) >= 1 and all(np.array_equal(x, y) for x, y in zip(a[c], b[c])), c
+        for ev in a[c]:
+            assert 0.05 * SAMPLE_RATE < len(ev) <= SAMPLE_RATE and np.isclose(np.abs(ev).max(), 1.0, atol=1e-3)
+    # a real note has harmonics / a broad spectrum; a sine wave has one peak
+    spec = np.abs(np.fft.rfft(a["guitar"][0]))
+    assert (spec > 0.01 * spec.max()).sum() > 100
