@@ -36,11 +36,11 @@ setup: venv debian ## venv + Python packages + Debian packages
 data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SEED=)
 	$(PY) -m pipeline.synthavs --clips $(CLIPS) --seed $(SEED) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
 
-captions: setup ## stage 1: caption frames (DATASET=)
-	@echo "captions: not implemented yet"; exit 1
+captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, CAPTION_ARGS=)
+	$(PY) -m pipeline.captions --dataset $(DATASET) --cache-root $(CACHE) $(if $(CAPTIONER),--captioner $(CAPTIONER)) $(CAPTION_ARGS)
 
-cues: setup ## stage 2: LLM text cues from captions (DATASET=)
-	@echo "cues: not implemented yet"; exit 1
+cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=cot,direct,vocab,oracle; CUE_ARGS=)
+	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
 
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=)
 	@echo "features: not implemented yet"; exit 1

@@ -27,6 +27,7 @@ ANSWER_KEY = "sounding_objects"
 # Keys a model uses instead of the asked one; matched after lower-casing and dropping [ _-].
 _KEY_ALIASES = ("soundingobjects", "soundingobject", "soundingsources", "soundsources", "answer",
                 "objects", "cues", "sources", "candidates")
+MAX_ITEM_WORDS = 6
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$")
 _ANSWER_LINE = re.compile(r"(?:sounding[ _]objects?|answer|sound(?:ing)? sources?)\s*[:=]\s*(.+)", re.I)
@@ -105,7 +106,7 @@ def _from_obj(obj) -> tuple[list[str] | None, bool]:
     if isinstance(obj, dict):
         if ANSWER_KEY in obj and isinstance(obj[ANSWER_KEY], list):
             items = _items(obj[ANSWER_KEY])
-            return items, len(items) == len(obj[ANSWER_KEY])
+            return items, all(isinstance(v, str) and v.strip() for v in obj[ANSWER_KEY])
         norm = {re.sub(r"[ _-]", "", str(k).lower()): v for k, v in obj.items()}
         for alias in _KEY_ALIASES:
             if alias in norm and _items(norm[alias]) is not None:
@@ -142,6 +143,15 @@ def parse_answer(text: str) -> ParseResult:
         items, exact = _from_obj(obj)
         if items is not None:
             return ParseResult(items, "ok" if exact else "repaired", "" if exact else "key or item shape fixed")
+    decoder = json.JSONDecoder()
+    for start in [i for i, ch in enumerate(stripped) if ch == "{"][:8]:  # first object, text after it ignored
+        try:
+            obj, _ = decoder.raw_decode(stripped[start:])
+        except ValueError:
+            continue
+        items, _ = _from_obj(obj)
+        if items is not None:
+            return ParseResult(items, "repaired", "JSON object extracted from text")
     for span in _json_spans(stripped):
         obj = _loose(span)
         if obj is None:
@@ -151,7 +161,8 @@ def parse_answer(text: str) -> ParseResult:
             return ParseResult(items, "repaired", "JSON extracted/fixed")
     lines = stripped.splitlines()
     bullets = [m.group(1) for m in map(_BULLET.match, lines) if m]
-    if bullets:
+    # A list of object names, not of sentences (a looping model numbers whole sentences).
+    if bullets and all(len(b.split()) <= MAX_ITEM_WORDS for b in bullets):
         return ParseResult([b.strip(" .\"'`") for b in bullets if b.strip(" .\"'`")], "repaired", "bulleted list")
     for line in reversed(lines):
         m = _ANSWER_LINE.search(line)
