@@ -30,7 +30,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from train.batch import AVSBatch
 from train.data import AVSDataModule
 from train.export import export_checkpoint
-from train.module import MONITOR, TeSOModule
+from train.module import LAST, MONITOR, TeSOModule
 
 # Shared dims: declared in configs/data/*.yaml, copied into the injected network's init args.
 LINKS = {
@@ -62,19 +62,20 @@ class FrameThroughput(Callback):
                           on_epoch=True, batch_size=batch.num_clips)
 
 
-class EpochReseed(Callback):
-    """Seeds torch's global RNG from (seed, epoch) at each training epoch start.
+class StepReseed(Callback):
+    """Seeds torch's global RNG from (seed, global step, rank) before each training step.
 
-    Dropout and any other in-model randomness then depend only on the epoch, so a run resumed
-    from ``last.ckpt`` continues exactly as the uninterrupted run would (the clip order is
+    Dropout and any other in-step randomness then depend only on the step, not on how many
+    random numbers Lightning and the DataLoader drew before it, so a run resumed from
+    ``last.ckpt`` ends with exactly the weights of the uninterrupted run (the clip order is
     handled by the data module's sampler).
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch + 1000 * trainer.global_rank)
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: AVSBatch, batch_idx: int) -> None:
+        torch.manual_seed((self.seed * 1_000_003 + trainer.global_step) * 64 + trainer.global_rank)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -123,10 +124,14 @@ class TeSOCLI(LightningCLI):
             kwargs.setdefault("logger", [CSVLogger(str(run_dir), name="logs"),
                                          TensorBoardLogger(str(run_dir), name="tb", default_hp_metric=False)])
         callbacks = [
+            # best by val mIoU, then (a second callback, so it runs after) the last state of every epoch:
+            # Lightning 2.6 writes save_last only when the monitored metric improved
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=MONITOR, mode="max",
-                            save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=LAST, monitor=None, save_top_k=1,
+                            enable_version_counter=False),
             FrameThroughput(),
-            EpochReseed(int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0),
+            StepReseed(int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0),
         ]
         if not trainer_cfg.get("fast_dev_run"):
             callbacks.append(RunConfigSaver(self._parser(self.subcommand), self._run_cfg(), run_dir=run_dir,

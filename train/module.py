@@ -11,6 +11,7 @@ nothing is saved for that batch, so ``last.ckpt`` stays the last good state.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -23,6 +24,7 @@ from train.batch import AVSBatch
 from train.metrics import AVSMetric
 
 MONITOR = "val/miou"
+LAST = "last"  # checkpoint file name of the last completed epoch (resume point)
 STAGES = ("train", "val", "test")
 
 
@@ -121,7 +123,7 @@ class TeSOModule(pl.LightningModule):
         loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
+            last = self._last_checkpoint()
             raise NonFiniteLossError(
                 f"non-finite {stage} loss ({parts}) at epoch {self.current_epoch}, step {self.global_step}, "
                 f"batch of clips {batch.uids}; training stopped, last good checkpoint kept: {last or 'none yet'}")
@@ -133,6 +135,16 @@ class TeSOModule(pl.LightningModule):
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
         self.metric(stage).update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
         return loss
+
+    def _last_checkpoint(self) -> str:
+        """Path of the last completed epoch's checkpoint on disk, or ''."""
+        if self._trainer is None:
+            return ""
+        for cb in self.trainer.checkpoint_callbacks:
+            path = Path(getattr(cb, "dirpath", None) or ".") / f"{LAST}.ckpt"
+            if getattr(cb, "dirpath", None) and path.exists():
+                return str(path)
+        return ""
 
     def training_step(self, batch: AVSBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
