@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from manifests.schema import ManifestError, read_manifest
@@ -284,7 +284,6 @@ def load_frames(manifest, uid: str, clip_len: int) -> list[Image.Image]:
             out.append(Image.open(path).convert("RGB"))
         except (FileNotFoundError, OSError):
             tile = Image.new("RGB", (128, 128), (128, 128, 128))
-            from PIL import ImageDraw
             ImageDraw.Draw(tile).text((4, 60), "image missing", fill=(255, 255, 255))
             out.append(tile)
     return out
