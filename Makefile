@@ -43,7 +43,7 @@ cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=co
 	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
 
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=)
-	@echo "features: not implemented yet"; exit 1
+	$(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40 $(FEATURE_ARGS)
 
 train: setup ## stage 4: train on cached features
 	@echo "train: not implemented yet"; exit 1

@@ -32,8 +32,8 @@ from PIL import Image
 
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.encoders.audio import AudioError, load_mono_16k, parse_perturb, perturb, signal_power
-from pipeline.encoders.vggish import VGGishEncoder, waveform_to_examples
-from pipeline.encoders.visual import LEVELS, build_visual, normalise
+from pipeline.encoders.logmel import waveform_to_examples
+from pipeline.encoders.visual import LEVELS, build_visual, normalise  # torch is imported lazily inside
 from pipeline.encoders.text import build_text
 from pipeline.encoders.yamnet import YAMNetEncoder
 from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage, StageResult, latest, print_summary, read_stage, run_stage
@@ -399,6 +399,8 @@ def build_audio(name: str, *, vggish_weights=None, vggish_pca=None, yamnet_model
     if name == "yamnet":
         return YAMNetEncoder(yamnet_model, output=yamnet_output)
     if name == "vggish":
+        from pipeline.encoders.vggish import VGGishEncoder  # torch network: import only when chosen
+
         return VGGishEncoder(vggish_weights, vggish_pca)
     raise ValueError(f"unknown audio encoder {name!r}; choose yamnet or vggish")
 

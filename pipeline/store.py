@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from pipeline.fingerprint import canonical_json
 from pipeline.runner import (CARD, COMPLETED, FAILURE, ArraySpec, ShardOutput, Stage, StageError, StageResult,
@@ -155,13 +154,17 @@ class FeatureStore:
                                     f"({failure}); its arrays are not features")
         return shard, row
 
-    def get(self, uid: str, frame_idx: int, key: str) -> torch.Tensor:
+    def get(self, uid: str, frame_idx: int, key: str) -> "torch.Tensor":
         """One row's array as a tensor (a copy of just that row from the mapped shard)."""
+        import torch  # lazily: the feature stages use this module without loading torch
+
         shard, row = self._locate(uid, frame_idx)
         return torch.from_numpy(np.array(self._array(shard, key)[row]))
 
-    def clip(self, uid: str, key: str) -> torch.Tensor:
+    def clip(self, uid: str, key: str) -> "torch.Tensor":
         """``[T, ...]``: all frames of ``uid`` in frame order."""
+        import torch
+
         locs = [self._locate(uid, f) for f in self.frames(uid)]
         shard0, row0 = locs[0]
         if all(s == shard0 and r == row0 + i for i, (s, r) in enumerate(locs)):  # contiguous: one slice
@@ -169,8 +172,10 @@ class FeatureStore:
         return torch.from_numpy(np.stack([self._array(s, key)[r] for s, r in locs]))
 
     @property
-    def cue_table(self) -> torch.Tensor:
+    def cue_table(self) -> "torch.Tensor":
         """``[V, Dt]`` cue embeddings of a text cache (row v embeds ``cue_vocab[v]``)."""
+        import torch
+
         path = self.dir / CUE_TABLE
         if not path.exists():
             raise FeatureStoreError(f"{path}: not a text-cue cache (no {CUE_TABLE})")

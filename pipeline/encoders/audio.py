@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.encoders.vggish import to_mono_16k
+from pipeline.encoders.logmel import to_mono_16k
 
 
 class AudioError(ValueError):

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 MAX_TOKENS = 32  # cues are short noun phrases
 
@@ -50,16 +48,19 @@ class MiniLMText:
         self.tok = AutoTokenizer.from_pretrained(path)
         self.net = AutoModel.from_pretrained(path).eval()
 
-    @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = []
+        import torch
+        import torch.nn.functional as F
+
+        out = [np.zeros((0, self.dim), np.float32)]
         for b in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
                            return_tensors="pt")
-            h = self.net(**enc).last_hidden_state  # (B, L, 384)
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1))
-        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+            with torch.inference_mode():
+                h = self.net(**enc).last_hidden_state  # (B, L, 384)
+                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).numpy())
+        return np.concatenate(out)
 
 
 class CLIPText:
@@ -86,14 +87,17 @@ class CLIPText:
         self.net = CLIPTextModelWithProjection.from_pretrained(self.model).eval()
         self.dim = int(self.net.config.projection_dim)
 
-    @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = []
+        import torch
+        import torch.nn.functional as F
+
+        out = [np.zeros((0, self.dim), np.float32)]
         for b in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
                            return_tensors="pt")
-            out.append(F.normalize(self.net(**enc).text_embeds, dim=-1))
-        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+            with torch.inference_mode():
+                out.append(F.normalize(self.net(**enc).text_embeds, dim=-1).numpy())
+        return np.concatenate(out)
 
 
 def build_text(name: str, model: str | None = None):

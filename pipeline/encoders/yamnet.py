@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.encoders.vggish import LogMelConfig
+from pipeline.encoders.logmel import LogMelConfig
 
 EMBEDDING_TENSOR = "/model/GlobalAveragePool_output_0_updated"  # dequantised [1, 1024, 1, 1]
 SCORES = "class_scores"
