@@ -184,3 +184,38 @@ def write_encoder_export(root: str | Path, *, variant: str = "teso") -> Path:
                     "expect_visual": {"encoder": "efficientnet-lite0"}, "expect_text": {"encoder": "minilm"}}}
     (exp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return exp
+
+
+def write_mp4_from_clip(clip_dir: str | Path, path: str | Path, *, fps: int = 2) -> Path:
+    """A SynthAVS clip folder (``frames/{i}.jpg``, ``audio.wav``) as an MP4 with AAC audio: frame i is
+    shown during second i (repeated ``fps`` times)."""
+    import av
+    import soundfile as sf
+
+    clip_dir, path = Path(clip_dir), Path(path)
+    frames = sorted((clip_dir / "frames").glob("*.jpg"), key=lambda p: int(p.stem))
+    wave, sr = sf.read(clip_dir / "audio.wav", dtype="float32", always_2d=True)
+    wave = wave.mean(1)
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=fps)
+        first = Image.open(frames[0])
+        v.width, v.height = first.size
+        v.pix_fmt = "yuv420p"
+        a = out.add_stream("aac", rate=sr)
+        a.layout = "mono"
+        for f in frames:
+            img = np.asarray(Image.open(f).convert("RGB"))
+            for _ in range(fps):
+                for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+        hop = 1024
+        for k in range(0, len(wave), hop):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None, k:k + hop]), format="flt", layout="mono")
+            fr.sample_rate, fr.pts = sr, k
+            for p in a.encode(fr):
+                out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+    return path

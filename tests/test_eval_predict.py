@@ -32,18 +32,25 @@ def test_decode_video_one_frame_per_second_and_audio(tmp_path):
     assert xs[0] < xs[1] < xs[2]
 
 
-def test_predict_mp4_with_audio_and_cues(export, tmp_path, capsys):
-    video = D.write_mp4(tmp_path / "clip.mp4", seconds=3)
+def test_predict_demo_clip_mp4_with_audio_and_cues(export, tmp_path, capsys):
+    from pipeline import synthavs
+
+    media = synthavs.generate(out_root=tmp_path / "cache", clips=10, seed=0, workers=1, progress=False)
+    clip = sorted(p for p in media.iterdir() if (p / "audio.wav").exists())[0]
+    video = D.write_mp4_from_clip(clip, tmp_path / "demo.mp4")
+    decoded = P.decode_video(video)
+    assert len(decoded.frames) == 5 and abs(len(decoded.audio) / P.SAMPLE_RATE - 5.0) < 0.2
     out = tmp_path / "out"
     assert P.main(["--video", str(video), "--ckpt", str(export), "--out", str(out), "--cues", "man, guitar",
                    "--no-progress"]) == 0
-    masks = sorted((out / "masks").glob("*.png"))
-    assert [m.name for m in masks] == ["0.png", "1.png", "2.png"]
-    assert Image.open(masks[0]).size == (64, 64) and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
+    masks = sorted((out / "masks").glob("*.png"), key=lambda p: int(p.stem))
+    assert [m.name for m in masks] == [f"{i}.png" for i in range(5)]
+    size = Image.open(clip / "frames" / "0.jpg").size
+    assert Image.open(masks[0]).size == size and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
     gif = Image.open(out / "overlay.gif")
-    assert gif.n_frames == 3
+    assert gif.n_frames == 5
     cues = json.loads((out / "cues.json").read_text())
-    assert cues["source"] == "user" and cues["frames"][2]["cues"] == ["man", "guitar"]
+    assert cues["source"] == "user" and cues["frames"][4]["cues"] == ["man", "guitar"]
     pred = json.loads((out / "prediction.json").read_text())
     assert pred["audio"] == "from the clip" and pred["caches"]["text"] is not None
     # the stage caches of the clip are real caches with the model's encoders
