@@ -297,7 +297,10 @@ def predict(*, ckpt: str | Path, out: str | Path, video: str | Path | None = Non
     dirs = run_features(manifest, work, data_cfg, cue_lists, mute=mute, progress=progress)
     levels = data_cfg.get("levels") or ["s8", "s16", "s32"]
     batch = collate_clips([clip_item(dirs, levels, int(getattr(model, "text_dim", data_cfg.get("text_dim", 1))))])
-    logits, _ = forward_batch(model, batch)
+    try:
+        logits, _ = forward_batch(model, batch)
+    except ValueError as e:  # the network's own shape checks: features of other encoders/dims
+        raise PredictError(f"{ckpt}: the model does not fit the clip's features in {work / 'cache'} ({e})") from None
     prob = torch.sigmoid(logits).numpy()
     meta = {"input": str(video or frames), "audio": "mute (no audio track)" if mute else "from the clip",
             "export": str(ckpt), "variant": cfg.get("variant"), "frames": t, "cue_source": source,
