@@ -115,6 +115,13 @@ class FeatureStore:
         self._frames: dict[str, list[int]] = {}
         for u, f in sorted(self._pos):
             self._frames.setdefault(u, []).append(f)
+        # clips whose good frames sit in consecutive rows of one shard read as a single slice
+        self._slices: dict[str, tuple[int, int, int]] = {}
+        for u, fs in self._frames.items():
+            locs = [self._pos[(u, f)] for f in fs]
+            s0, r0, _ = locs[0]
+            if all(s == s0 and r == r0 + i and not e for i, (s, r, e) in enumerate(locs)):
+                self._slices[u] = (s0, r0, len(fs))
         self._maps: dict[tuple[int, str], np.ndarray] = {}
 
     def __repr__(self) -> str:
@@ -165,10 +172,11 @@ class FeatureStore:
         """``[T, ...]``: all frames of ``uid`` in frame order."""
         import torch
 
-        locs = [self._locate(uid, f) for f in self.frames(uid)]
-        shard0, row0 = locs[0]
-        if all(s == shard0 and r == row0 + i for i, (s, r) in enumerate(locs)):  # contiguous: one slice
-            return torch.from_numpy(np.array(self._array(shard0, key)[row0:row0 + len(locs)]))
+        sl = self._slices.get(uid)
+        if sl is not None:  # the common case: one contiguous slice of one shard, all rows good
+            shard, row0, n = sl
+            return torch.from_numpy(np.array(self._array(shard, key)[row0:row0 + n]))
+        locs = [self._locate(uid, f) for f in self.frames(uid)]  # raises on a failed/missing frame
         return torch.from_numpy(np.stack([self._array(s, key)[r] for s, r in locs]))
 
     @property
