@@ -99,7 +99,9 @@ def eval_report_md(m: Mapping[str, Any]) -> str:
         out += ["## AVSS (semantic)", "",
                 md_table(["figure", "mIoU %", "F"],
                          [["confusion matrix (classes that occur)", pct(a.get("miou")), frac(a.get("fscore"))],
-                          ["AVSBench code (per-frame, all classes)", pct(a.get("miou_avsbench")), frac(a.get("fscore_avsbench"))]]),
+                          ["AVSBench code (per-frame, all classes)", pct(a.get("miou_avsbench")), frac(a.get("fscore_avsbench"))],
+                          ["binary from the same predictions (fg = not background, avsbench)",
+                           pct(a.get("binary_from_semantic", {}).get("miou")), frac(a.get("binary_from_semantic", {}).get("fscore"))]]),
                 "", "Per-class IoU: " + ", ".join(f"{k} {pct(v)}" for k, v in a.get("per_class_iou", {}).items()), ""]
     if m["dataset"] == "avsbench":
         out += published_md(m)
