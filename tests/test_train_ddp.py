@@ -1,0 +1,30 @@
+"""A 2-process DDP fit on CPU (gloo) through the CLI, as a multi-GPU run would be launched."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.dummies_train import tiny_config, write_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    manifest = write_tiny_dataset(tmp_path)
+    cfg = tiny_config(tmp_path, manifest, max_epochs=2)
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "configs/trainer/cpu.yaml", "--config", "configs/model/teso.yaml",
+           "--config", str(cfg), "--config", "configs/experiment/ddp_cpu.yaml", "--runs_dir", str(tmp_path / "runs"),
+           "--run_name", "ddp", "--latest_json", str(tmp_path / "runs/latest.json")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
+    last = torch.load(tmp_path / "runs/ddp/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    # 4 training clips, batch 2 per process, 2 processes: one step per epoch (two on one process)
+    assert last["epoch"] == 1 and last["global_step"] == 2
+    assert (tmp_path / "runs/ddp/export/model.safetensors").exists()
