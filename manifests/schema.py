@@ -130,7 +130,9 @@ def validate_rows(df: pd.DataFrame, *, source: str = "manifest") -> None:
 def write_manifest(df: pd.DataFrame, path: str | Path, *, data_root: str | Path, extra: dict | None = None) -> str:
     """Validate and write a manifest atomically; return its fingerprint (content hash).
 
-    ``extra`` goes into the file metadata (e.g. the dataset's category list).
+    ``extra`` goes into the file metadata (e.g. the dataset's category list). Its optional
+    ``media_fingerprint`` (a hash of the media the rows point at, e.g. a generated dataset's
+    config) is part of the fingerprint, so regenerated media never reuse stale stage outputs.
     """
     path = Path(path)
     df = df.reset_index(drop=True)
@@ -140,6 +142,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path, *, data_root: str | Path,
     for batch in table.to_batches():
         for col in batch.columns:
             digest.update(json.dumps(col.to_pylist(), sort_keys=True, default=str).encode())
+    if (extra or {}).get("media_fingerprint"):
+        digest.update(str(extra["media_fingerprint"]).encode())
     meta = {"data_root": str(Path(data_root).resolve()), "fingerprint": digest.hexdigest()[:16], **(extra or {})}
     table = table.replace_schema_metadata({"teso": json.dumps(meta)})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,7 @@ USUAL_MIN, RARE_MAX = 0.8, 0.2
 USUAL = sorted(c for c, p in P_SOUND.items() if p >= USUAL_MIN)
 RARE = sorted(c for c, p in P_SOUND.items() if p <= RARE_MAX)
 SLICES = ("bias_consistent", "counter_bias", "balanced", "null")
+PEAK_MAX = 0.95  # clip-level peak limit of the mixed audio (PCM16 without clipping)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class SynthConfig:
     p_offscreen: float = 0.2            # non-null clip with an off-screen (heard, not visible) source
     ms3_p_source_on: float = 0.85       # each ms3 source sounds in a given second with this probability
     noise_rms: tuple[float, float] = (0.002, 0.006)  # room-tone level (about -54 to -44 dBFS)
-    object_gain: tuple[float, float] = (0.35, 0.7)
+    object_gain: tuple[float, float] = (0.25, 0.5)
     offscreen_gain: tuple[float, float] = (0.1, 0.2)
     jpeg_quality: int = 90
     version: int = GENERATOR_VERSION
@@ -375,7 +376,10 @@ def _render_audio(cfg: SynthConfig, clip: dict, rng: np.random.Generator) -> np.
         g = rng.uniform(*cfg.offscreen_gain)
         for t in clip["offscreen"]["seconds"]:
             add(clip["offscreen"]["category"], t, g)
-    return np.clip(out, -1.0, 1.0).astype(np.float32)
+    peak = np.abs(out).max()
+    if peak > PEAK_MAX:  # overlapping loud events: scale the whole clip down rather than clip it
+        out *= PEAK_MAX / peak
+    return out.astype(np.float32)
 
 
 def _render_clip(args: tuple[SynthConfig, dict, str]) -> dict:
@@ -565,6 +569,7 @@ def build_manifest(data_root: str | Path, manifest: str | Path) -> str:
     df = _rows(records, card["generator"]["frames"])
     return write_manifest(df, manifest, data_root=root, extra={
         "categories": CATEGORIES, "generator": card["generator"], "card": str((root / "card.json").resolve()),
+        "media_fingerprint": card["fingerprint"],  # new media bytes -> new manifest fingerprint
         "usual_sounders": USUAL, "rare_sounders": RARE})
 
 

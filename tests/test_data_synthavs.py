@@ -176,3 +176,17 @@ def test_sound_bank_is_deterministic_and_not_sine_waves():
     # a real note has harmonics / a broad spectrum; a sine wave has one peak
     spec = np.abs(np.fft.rfft(a["guitar"][0]))
     assert (spec > 0.01 * spec.max()).sum() > 100
+
+
+def test_manifest_fingerprint_follows_the_media(tiny, tmp_path):
+    """Regenerated media (same rows, other bytes) must not let stages reuse stale outputs."""
+    root, manifest = tiny
+    m = read_manifest(manifest)
+    assert m.meta["media_fingerprint"] == root.name
+    assert build_manifest(root, tmp_path / "again.parquet") == m.fingerprint
+    from manifests.schema import write_manifest
+
+    other = write_manifest(m.frames, tmp_path / "other.parquet", data_root=root,
+                           extra={**{k: v for k, v in m.meta.items() if k not in ("data_root", "fingerprint")},
+                                  "media_fingerprint": "0" * 16})
+    assert other != m.fingerprint
