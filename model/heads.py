@@ -2,14 +2,16 @@
 
 Binary AVS (one logit map per frame), ``mode``:
 
-* ``"noisy_or"`` (default): query q is a sounding object with probability p_q = 1 - softmax(c_q)[null]
+* ``"weighted_sum"`` (default): the public code's ``logit(x) = sum_q p_q * m_q(x)`` (raw logits, no
+  sigmoid), p_q = 1 - softmax(c_q)[null]. Trained from scratch on a toy audio-to-object binding task
+  (demo widths, 3 seeds) it left the "predict nothing" plateau in all runs, ``noisy_or`` in one of three.
+* ``"noisy_or"``: query q is a sounding object with probability p_q = 1 - softmax(c_q)[null]
   and covers pixel x with probability sigmoid(m_q(x)); the pixel sounds if any query says so::
 
       P(x) = 1 - prod_q (1 - p_q * sigmoid(m_q(x))),   logit(x) = log P(x) - log(1 - P(x))
 
   computed in log space (stable, finite for any input). It is a proper probability for the union of
   several sounding objects (MS3) and goes to 0 when every query is "no object" (silent frames).
-* ``"weighted_sum"``: the public code's ``logit(x) = sum_q p_q * m_q(x)`` (raw logits, no sigmoid).
 
 AVSS semantic scores ``[N, C+1, H, W]`` in [0, 1] (channel 0 = background = not sounding, channel c+1 =
 category c, matching ``class_masks``)::
@@ -43,7 +45,7 @@ def object_log_prob(class_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(class_logits[..., :-1], -1) - torch.logsumexp(class_logits, -1)
 
 
-def binary_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, *, mode: BinaryHeadMode = "noisy_or") -> torch.Tensor:
+def binary_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, *, mode: BinaryHeadMode = "weighted_sum") -> torch.Tensor:
     """Per-query masks ``[N, Q, H, W]`` + class logits ``[N, Q, C+1]`` -> one logit map ``[N, H, W]``."""
     if mode == "weighted_sum":
         p = object_log_prob(class_logits).exp()

@@ -34,8 +34,9 @@ class PMQSLayer(nn.Module):
 class PMQS(nn.Module):
     """``num_layers`` PMQS layers applied to the decoder's learned query features before masked-attention
     decoding (the query position embeddings are added to the attention queries, as in Mask2Former).
-    A final LayerNorm-free residual stream keeps the pretrained decoder's query statistics when the
-    prompts carry little signal.
+    The layers are residual with no final LayerNorm, so a pretrained decoder still receives query
+    features on the scale it was trained with. SeDAM's relevance gate enters as the additive bias
+    ``log g`` (``-inf`` for padded cues), i.e. ``softmax(q k^T / sqrt(d) + log g)``.
     """
 
     def __init__(self, *, dim: int, num_layers: int = 1, num_heads: int = 4, ffn_dim: int = 256,

@@ -101,7 +101,7 @@ class TeSO(nn.Module):
         decoder_ffn_dim: int = 2048,
         adapter_dim: int = 0,
         pixel_decoder: Literal["msda", "fpn"] = "msda",
-        binary_head: BinaryHeadMode = "noisy_or",
+        binary_head: BinaryHeadMode = "weighted_sum",
         freeze_decoder: bool = False,
         dropout: float = 0.0,
     ) -> None:

@@ -14,6 +14,7 @@ VARIANTS = {
     "no_dynamic_mask": {"dynamic_mask": False},
     "official": {"prompt_mode": "official", "binary_head": "weighted_sum", "pmqs_layers": 1},
     "msda": {"pixel_decoder": "msda"},
+    "noisy_or": {"binary_head": "noisy_or"},
 }
 
 
@@ -138,13 +139,13 @@ def test_binary_heads():
     p = 1 - classes.softmax(-1)[..., -1]
     # noisy-OR: P = 1 - prod_q (1 - p_q sigmoid(m_q))
     prob = 1 - torch.prod(1 - p[..., None, None] * masks.sigmoid(), dim=1)
-    torch.testing.assert_close(torch.sigmoid(binary_logits(masks, classes)), prob, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.sigmoid(binary_logits(masks, classes, mode="noisy_or")), prob, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(binary_logits(masks, classes, mode="weighted_sum"),
                                (p[..., None, None] * masks).sum(1))
     # all queries "no object": nothing sounds (finite, strongly negative)
     silent = torch.tensor([-20.0, 20.0]).expand(2, 3, 2)
-    assert (binary_logits(masks, silent) < -10).all()
+    assert (binary_logits(masks, silent, mode="noisy_or") < -10).all()
     # extreme inputs stay finite
-    assert torch.isfinite(binary_logits(masks * 1e4, classes * 1e4)).all()
+    assert torch.isfinite(binary_logits(masks * 1e4, classes * 1e4, mode="noisy_or")).all()
     sem = semantic_scores(masks, torch.randn(2, 3, 4), binary_logits(masks, classes))
     assert sem.shape == (2, 4, 4, 4) and ((sem >= 0) & (sem <= 3)).all()
