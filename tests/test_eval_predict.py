@@ -89,3 +89,21 @@ def test_predict_bad_input_one_error_line(export, tmp_path, capsys):
     assert len(err) == 1 and "nope.mp4" in err[0] and "not found" in err[0]
     assert P.main(["--video", str(tmp_path / "nope.mp4"), "--ckpt", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "config.yaml" in capsys.readouterr().err
+
+
+def test_predict_with_a_captioner_runs_the_caption_and_cue_stages(export, tmp_path, capsys):
+    from dummies_cues import tiny_blip
+
+    blip = tiny_blip(tmp_path / "blip", image_size=64)
+    video = D.write_mp4(tmp_path / "clip.mp4", seconds=2)
+    out = tmp_path / "out"
+    assert P.main(["--video", str(video), "--ckpt", str(export), "--out", str(out), "--captioner", str(blip),
+                   "--cue-set", "vocab", "--no-progress"]) == 0
+    cues = json.loads((out / "cues.json").read_text())
+    assert cues["source"] == f"captioner {blip} + cue set vocab"
+    assert len(cues["frames"]) == 2 and all(isinstance(f["caption"], str) for f in cues["frames"])
+    # the caption and cue stages wrote real stage outputs for the clip
+    assert (out / "work" / "cache" / P.DATASET / "captions" / "latest.json").exists()
+    assert (out / "work" / "cache" / P.DATASET / "cues" / "latest-vocab.json").exists()
+    if not any(f["cues"] for f in cues["frames"]):  # random BLIP weights rarely name a category
+        assert "found no cues" in capsys.readouterr().out

@@ -6,10 +6,12 @@ Also ``--frames dir/ --audio file.wav`` (frames sorted by name, one per second).
    second i, so frame i <-> audio second i as in the batch data) and the audio track, resampled to
    16 kHz mono and written as a WAV. A clip with no audio track is treated as MUTE (with a warning).
 2. Write a one-clip manifest (dataset ``predict``) and run the SAME stage code as the batch jobs:
-   text cues -> :mod:`pipeline.features` (``run_audio``/``run_visual``/``run_text``) with the
+   captions -> cues -> :mod:`pipeline.features` (``run_audio``/``run_visual``/``run_text``) with the
    encoders the model was trained on (its export records them) into ``<out>/work/cache``.
-   Cues: ``--cues "man,guitar"`` gives them directly (every frame); ``--cues-per-frame "a,b;c"``
-   one list per frame. No captioner weights ship offline; with no cues the model runs on ZERO cues
+   Cues: ``--cues "man,guitar"`` gives them directly (every frame; normalised like LLM answers);
+   ``--cues-per-frame "a,b;c"`` one list per frame; ``--captioner ID_OR_DIR`` runs the captions
+   stage (BLIP) and the cue stage (``--cue-set cot`` with ``--llm``, default the offline SmolLM2)
+   on the clip. No captioner weights ship offline; with no cues the model runs on ZERO cues
    (every cue slot masked: the dynamic mask's audio-only path) and says so.
 3. Read the features back through :class:`pipeline.store.FeatureStore`, batch them with the data
    module's :func:`train.data.collate_clips`, and run the exported model (safetensors, no pickle).
@@ -156,20 +158,26 @@ def read_frames_dir(frames_dir: str | Path, audio: str | Path | None, *, max_sec
 
 # ---------------------------------------------------------------- stages
 def parse_cues(cues: str | None, cues_per_frame: str | None, n_frames: int) -> tuple[list[list[str]], str]:
-    """Per-frame cue lists and their source (``user`` or ``none``)."""
+    """Per-frame cue lists (normalised like the cue stage's LLM answers) and their source (``user``/``none``)."""
+    from cues.normalize import normalize_cues
+
     if cues_per_frame:
-        lists = [[c.strip() for c in part.split(",") if c.strip()] for part in cues_per_frame.split(";")]
+        lists = [normalize_cues(part.split(",")) for part in cues_per_frame.split(";")]
         if len(lists) != n_frames:
             raise PredictError(f"--cues-per-frame gives {len(lists)} lists for {n_frames} frames")
         return lists, "user"
     if cues:
-        one = [c.strip() for c in cues.split(",") if c.strip()]
+        one = normalize_cues(cues.split(","))
         return [list(one) for _ in range(n_frames)], "user"
     return [[] for _ in range(n_frames)], "none"
 
 
-def write_clip(clip: DecodedClip, work: Path) -> Path:
-    """The clip as a one-clip dataset (frames, 16 kHz WAV, manifest); returns the manifest path."""
+def write_clip(clip: DecodedClip, work: Path, *, categories: list[str] | None = None) -> Path:
+    """The clip as a one-clip dataset (frames, 16 kHz WAV, manifest); returns the manifest path.
+
+    ``categories`` (the training dataset's) go into the manifest metadata, so the cue stage maps
+    LLM answers onto the same closed vocabulary as the training cues.
+    """
     data = work / "data"
     if data.exists():
         shutil.rmtree(data)
@@ -186,8 +194,44 @@ def write_clip(clip: DecodedClip, work: Path) -> Path:
                  audio_start_s=float(i), audio_end_s=float(i + 1), labels=[], mask_kind="binary",
                  visible_labels=[], caption="", slice="") for i in range(t)]
     manifest = work / "manifest.parquet"
-    write_manifest(pd.DataFrame(rows), manifest, data_root=data)
+    write_manifest(pd.DataFrame(rows), manifest, data_root=data, extra={"categories": categories} if categories else None)
     return manifest
+
+
+def training_categories(data_cfg: dict[str, Any]) -> list[str] | None:
+    """Category names of the dataset the model was trained on (its manifest's metadata), if readable."""
+    from manifests.schema import manifest_path
+
+    path = data_cfg.get("manifest") or manifest_path(data_cfg.get("dataset", ""))
+    try:
+        return list(read_manifest(path).meta.get("categories") or []) or None
+    except ManifestError:
+        return None
+
+
+def caption_and_cue(manifest_path: Path, work: Path, *, captioner: str, llm: str | None, cue_set: str,
+                    vocabulary: str, progress: bool) -> tuple[Path, list[list[str]], list[str]]:
+    """Stages 1-2 on the clip (:func:`pipeline.captions.run_captions`, :func:`pipeline.cues.run_cues`):
+    (cue stage directory, cues per frame, captions per frame)."""
+    from pipeline.captions import run_captions
+    from pipeline.cues import run_cues
+    from pipeline.runner import read_stage
+
+    cache = work / "cache"
+    cap = run_captions(dataset=DATASET, manifest=manifest_path, cache_root=cache, captioner="blip", model=captioner,
+                       progress=progress)
+    if not cap.complete or cap.n_failed:
+        raise PredictError(f"captions stage failed for the clip in {cap.out_dir}: "
+                           + "; ".join(f["failure"] for f in cap.failures[:3]))
+    kw = {"model": llm} if llm else {}
+    res = run_cues(dataset=DATASET, sets=cue_set, manifest=manifest_path, cache_root=cache, vocabulary=vocabulary,
+                   progress=progress, **kw)[cue_set]
+    if not res.complete or res.n_failed:
+        raise PredictError(f"cue stage ({cue_set}) failed for the clip in {res.out_dir}: "
+                           + "; ".join(f["failure"] for f in res.failures[:3]))
+    rows = read_stage(res.out_dir).sort_values("frame_idx")
+    caps = read_stage(cap.out_dir).sort_values("frame_idx")
+    return res.out_dir, [list(c) for c in rows["cues"]], caps["caption"].astype(str).tolist()
 
 
 def encoder_name(expect: dict | None, default: str) -> str:
@@ -208,9 +252,15 @@ def visual_geometry(data_cfg: dict[str, Any]) -> tuple[int, int]:
         return Fe.INPUT_SIZE, Fe.MASK_SIZE
 
 
-def run_features(manifest_path: Path, work: Path, data_cfg: dict[str, Any], cues: list[list[str]], *,
+def user_cues_dir(work: Path, cues: list[list[str]]) -> Path:
+    """The user's cues written as a cue-stage output (the table the text-features stage reads)."""
+    rows = pd.DataFrame({"uid": UID, "frame_idx": range(len(cues)), "split": "test", "cues": cues, "failure": ""})
+    return write_cache(work / "cache", DATASET, "cues", rows, {}, card={"source": "user (--cues)"}, tag="user").out_dir
+
+
+def run_features(manifest_path: Path, work: Path, data_cfg: dict[str, Any], cues_dir: Path | None, cue_set: str, *,
                  mute: bool, progress: bool) -> dict[str, Path | None]:
-    """Audio, visual and (when there are cues) text features of the clip via the features stage."""
+    """Audio, visual and (given a cue table) text features of the clip via the features stage."""
     from pipeline import features as Fe
 
     manifest = read_manifest(manifest_path)
@@ -223,11 +273,9 @@ def run_features(manifest_path: Path, work: Path, data_cfg: dict[str, Any], cues
     vis_enc = Fe.build_visual(encoder_name(data_cfg.get("expect_visual"), Fe.VISUAL_ENCODER))
     res_v = Fe.run_visual(manifest, vis_enc, levels=levels, input_size=input_size, mask_size=mask_size, **kw)
     res_t = None
-    if any(cues):
-        rows = pd.DataFrame({"uid": UID, "frame_idx": range(len(cues)), "split": "test", "cues": cues, "failure": ""})
-        cue_res = write_cache(cache, DATASET, "cues", rows, {}, card={"source": "user (--cues)"}, tag="user")
+    if cues_dir is not None:
         text_enc = Fe.build_text(encoder_name(data_cfg.get("expect_text"), Fe.TEXT_ENCODER))
-        res_t = Fe.run_text(manifest, text_enc, cue_set="user", cues_dir=cue_res.out_dir, **kw)
+        res_t = Fe.run_text(manifest, text_enc, cue_set=cue_set, cues_dir=cues_dir, **kw)
     for r, what in ((res_a, "audio"), (res_v, "visual"), (res_t, "text")):
         if r is not None and (not r.complete or r.n_failed):
             detail = "; ".join(f["failure"] for f in r.failures[:3])
@@ -265,15 +313,22 @@ def write_outputs(out: Path, clip: DecodedClip, prob: np.ndarray, cues: list[lis
         gif.append(overlay(im.convert("RGB"), m, PRED_COLOUR))
         fg.append(float(m.mean()))
     gif[0].save(out / "overlay.gif", save_all=True, append_images=gif[1:], duration=1000, loop=0)
-    (out / "cues.json").write_text(json.dumps({"source": meta["cue_source"],
-                                               "frames": [{"frame": i, "cues": c} for i, c in enumerate(cues)]}, indent=1))
+    caps = meta.get("captions") or []
+    (out / "cues.json").write_text(json.dumps({"source": meta["cue_source"], "frames": [
+        {"frame": i, "cues": c, **({"caption": caps[i]} if i < len(caps) else {})} for i, c in enumerate(cues)]}, indent=1))
     (out / "prediction.json").write_text(json.dumps({**meta, "foreground_fraction": fg}, indent=1))
 
 
 def predict(*, ckpt: str | Path, out: str | Path, video: str | Path | None = None, frames: str | Path | None = None,
             audio: str | Path | None = None, cues: str | None = None, cues_per_frame: str | None = None,
+            captioner: str | None = None, llm: str | None = None, cue_set: str = "cot",
             max_seconds: int = MAX_SECONDS, progress: bool = True, log=print) -> dict[str, Any]:
-    """Decode, featurise through the stages, run the exported model, write the outputs."""
+    """Decode, featurise through the stages, run the exported model, write the outputs.
+
+    Cues: ``cues``/``cues_per_frame`` (given), else ``captioner`` (a BLIP hub id or directory) +
+    the cue stage's set ``cue_set`` (``cot``/``direct`` ask the LLM ``llm``, default the offline
+    SmolLM2; ``vocab`` matches category names in the caption), else none (zero cues).
+    """
     out = Path(out)
     if (video is None) == (frames is None):
         raise PredictError("give exactly one of --video or --frames")
@@ -286,15 +341,26 @@ def predict(*, ckpt: str | Path, out: str | Path, video: str | Path | None = Non
     for w in clip.warnings:
         print(f"warning: {w}", file=sys.stderr)
     t = len(clip.frames)
-    cue_lists, source = parse_cues(cues, cues_per_frame, t)
-    if source == "none":
-        log("no captioner weights offline and no --cues: running on ZERO cues (every cue slot masked; "
-            "the dynamic mask's audio-only path)")
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    manifest = write_clip(clip, work)
+    categories = training_categories(data_cfg)
+    manifest = write_clip(clip, work, categories=categories)
+    cue_lists, source = parse_cues(cues, cues_per_frame, t)
+    captions: list[str] = []
+    cues_dir, tag = None, "user"
+    if source == "user":
+        cues_dir = user_cues_dir(work, cue_lists)
+    elif captioner:
+        cues_dir, cue_lists, captions = caption_and_cue(manifest, work, captioner=captioner, llm=llm, cue_set=cue_set,
+                                                        vocabulary="closed" if categories else "open", progress=progress)
+        source, tag = f"captioner {captioner} + cue set {cue_set}", cue_set
+    if not any(cue_lists):
+        cues_dir = None
+        log(("the captioner/cue stage found no cues" if captioner else
+             "no captioner weights offline and no --cues")
+            + ": running on ZERO cues (every cue slot masked; the dynamic mask's audio-only path)")
     mute = clip.audio is None
-    dirs = run_features(manifest, work, data_cfg, cue_lists, mute=mute, progress=progress)
+    dirs = run_features(manifest, work, data_cfg, cues_dir, tag, mute=mute, progress=progress)
     levels = data_cfg.get("levels") or ["s8", "s16", "s32"]
     batch = collate_clips([clip_item(dirs, levels, int(getattr(model, "text_dim", data_cfg.get("text_dim", 1))))])
     try:
@@ -304,6 +370,7 @@ def predict(*, ckpt: str | Path, out: str | Path, video: str | Path | None = Non
     prob = torch.sigmoid(logits).numpy()
     meta = {"input": str(video or frames), "audio": "mute (no audio track)" if mute else "from the clip",
             "export": str(ckpt), "variant": cfg.get("variant"), "frames": t, "cue_source": source,
+            "captions": captions,
             "threshold": THRESHOLD, "caches": {k: str(v) if v else None for k, v in dirs.items()},
             "warnings": clip.warnings}
     write_outputs(out, clip, prob, cue_lists, meta)
@@ -321,12 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--cues", default=None, help='text cues for every frame, e.g. "man,guitar"')
     ap.add_argument("--cues-per-frame", default=None, help='one list per frame: "man,guitar;man;guitar"')
+    ap.add_argument("--captioner", default=None, help="BLIP hub id or local dir: caption the frames, then the cue stage")
+    ap.add_argument("--llm", default=None, help="cue-stage LLM (default: the offline SmolLM2 GGUF)")
+    ap.add_argument("--cue-set", default="cot", help="cue set with --captioner: cot, direct (LLM) or vocab")
     ap.add_argument("--max-seconds", type=int, default=MAX_SECONDS)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     try:
         predict(ckpt=a.ckpt, out=a.out, video=a.video, frames=a.frames, audio=a.audio, cues=a.cues,
-                cues_per_frame=a.cues_per_frame, max_seconds=a.max_seconds, progress=not a.no_progress)
+                cues_per_frame=a.cues_per_frame, captioner=a.captioner, llm=a.llm, cue_set=a.cue_set,
+                max_seconds=a.max_seconds, progress=not a.no_progress)
     except (PredictError, ManifestError, *EVAL_ERRORS) as e:
         print(error_line(e), file=sys.stderr)
         return 2
