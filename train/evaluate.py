@@ -178,7 +178,8 @@ def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Seque
             parts[name].append(M.frame_stats(logits[valid], masks[valid], clip=clip[valid], protocol=proto))
         if sem is not None and batch.class_masks is not None:
             if avss_metric is None:
-                avss_metric = M.AVSSMetric(num_classes=sem.shape[1], class_names=semantic_names)
+                names = semantic_names if semantic_names and len(semantic_names) == sem.shape[1] else None
+                avss_metric = M.AVSSMetric(num_classes=sem.shape[1], class_names=names)
             avss_metric.update(sem[valid], batch.class_masks[valid])
             sem_parts.append(M.frame_stats(M.semantic_to_binary_logits(sem[valid]), masks[valid], clip=clip[valid],
                                            protocol=M.get_protocol(M.DEFAULT_PROTOCOL)))
