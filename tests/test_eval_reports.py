@@ -170,3 +170,12 @@ def test_overlay_strip_and_text_table(tmp_path):
                            "delta_f": 0.0, "empty_rate": 0.25, "fg_fraction": 0.1, "clips": 2} for c in ("none", "mute")])
     txt = preference_text(table, ["none", "mute"], meta={"dataset": "d", "split": "test", "protocol": "avsbench"})
     assert "50.00 (0.0) / 0.500 (0.0)" in txt and "25.00" in txt
+
+
+def test_resolve_export_by_latest_dir_or_name(world):
+    runs = world["root"] / "runs"
+    assert E.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
+    assert E.resolve_export(run="r_audio", runs_root=runs) == (runs / "r_audio", runs / "r_audio" / "export")
+    assert E.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
+    with pytest.raises(E.EvalError, match="run directory not found"):
+        E.resolve_export(run="nope", runs_root=runs)

@@ -72,8 +72,10 @@ def resolve_export(*, run: str | Path | None = None, export: str | Path | None =
         if info.get("export"):
             return run, Path(info["export"])
     run = Path(run)
+    if not run.exists() and (Path(runs_root) / run).exists():  # a run name (as `make train RUN=<name>` takes)
+        run = Path(runs_root) / run
     if not run.exists():
-        raise EvalError(f"{run}: run directory not found")
+        raise EvalError(f"{run}: run directory not found (give a run directory or a name under {runs_root}/)")
     return run, run / "export"
 
 
@@ -408,7 +410,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Evaluate an exported model (make eval).")
     ap.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
-    ap.add_argument("--run", default=None, help="run directory (default: runs/latest.json)")
+    ap.add_argument("--run", default=None, help="run directory or name under --runs-root (default: runs/latest.json)")
     ap.add_argument("--export", default=None, help="export directory (overrides --run)")
     ap.add_argument("--manifest", default=None)
     ap.add_argument("--cache-root", default=None)
