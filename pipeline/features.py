@@ -276,6 +276,8 @@ class VisualStage(Stage):
         images, ok = [], []
         for i, it in enumerate(items.itertuples(index=False)):
             try:
+                if not 0 <= it.frame_idx < it.n_frames:
+                    raise FrameError(f"{it.uid}: frame_idx {it.frame_idx} outside the clip's {it.n_frames} frames")
                 img = load_image(self.manifest.abspath(it.image_path), self.input_size)
                 arrays["mask"][i], arrays["class_mask"][i], arrays["mask_valid"][i] = self.masks(it)
                 images.append(img)

@@ -108,16 +108,18 @@ def _bad_dataset(root):
             rows.append(FrameRow(dataset="toy", subset="s4", split="test", vid=uid, uid=uid, frame_idx=f, n_frames=3,
                                  image_path=f"{uid}/{f}.jpg", mask_path="", audio_path=f"{uid}/audio.wav",
                                  audio_start_s=float(f), audio_end_s=float(f + 1)).to_dict())
-    write_manifest(pd.DataFrame(rows), root / "toy.parquet", data_root=root)
+    extra = dict(rows[0], uid="clip0", frame_idx=3, image_path="clip0/0.jpg")  # a 4th frame of a 3-frame clip
+    write_manifest(pd.DataFrame(rows + [extra]), root / "toy.parquet", data_root=root)
     return read_manifest(root / "toy.parquet")
 
 
 def test_bad_audio_fails_rows_by_name_and_the_rest_goes_on(tmp_path, yamnet):
     m = _bad_dataset(tmp_path / "data")
     res = run_audio(m, yamnet, cache_root=tmp_path / "cache", dataset="toy", progress=False)
-    assert res.complete and res.n_rows == 18
+    assert res.complete and res.n_rows == 19
     failed = {(f["uid"], f["frame_idx"]): f["failure"] for f in res.failures}
-    assert set(failed) == {(u, f) for u in ("clip1", "clip2") for f in range(3)}
+    assert set(failed) == {(u, f) for u in ("clip1", "clip2") for f in range(3)} | {("clip0", 3)}
+    assert "frame_idx 3 outside the clip's 3 frames" in failed[("clip0", 3)]
     assert "clip1/audio.wav: unreadable audio" in failed[("clip1", 0)]
     assert "clip2/audio.wav: zero-byte audio file" in failed[("clip2", 0)]
     store = FeatureStore(res.out_dir)
@@ -128,4 +130,24 @@ def test_bad_audio_fails_rows_by_name_and_the_rest_goes_on(tmp_path, yamnet):
     assert "1.50 s of audio for 3 frames; zero-padded" in warned[("clip3", 2)]
     assert "silent audio" in warned[("clip5", 0)]
     assert np.isfinite(store.clip("clip4", "audio").numpy()).all()  # stereo 44.1 kHz handled
-    assert store.card["n_failed"] == 6
+    assert store.card["n_failed"] == 7
+
+
+class NaNOnConstantInput(YAMNetEncoder):
+    """An encoder that breaks (NaN) on constant patches, to check NaN handling end to end."""
+
+    def embed(self, examples):
+        out = super().embed(examples)
+        out[np.ptp(examples, axis=(1, 2)) == 0] = np.nan
+        return out
+
+
+def test_nan_from_the_encoder_fails_only_those_rows(tmp_path):
+    m = _bad_dataset(tmp_path / "data")
+    enc = NaNOnConstantInput()
+    enc.setup()
+    res = run_audio(m, enc, cache_root=tmp_path / "cache", dataset="toy", progress=False)
+    failed = {(f["uid"], f["frame_idx"]): f["failure"] for f in res.failures}
+    assert "clip5/audio.wav: encoder output for second 0 has NaN/Inf" in failed[("clip5", 0)]
+    assert ("clip0", 0) not in failed and ("clip4", 1) not in failed
+    assert np.isfinite(FeatureStore(res.out_dir).clip("clip4", "audio").numpy()).all()
