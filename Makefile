@@ -45,8 +45,12 @@ cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=co
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=)
 	$(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40 $(FEATURE_ARGS)
 
-train: setup ## stage 4: train on cached features
-	@echo "train: not implemented yet"; exit 1
+train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., RUN=, CONFIGS=, TRAIN_ARGS=)
+	$(PY) -m train fit --config configs/trainer/cpu.yaml --config configs/data/synthavs.yaml \
+	  --config configs/model/$(or $(VARIANT),teso).yaml --config configs/experiment/demo.yaml \
+	  $(foreach c,$(CONFIGS),--config $(c)) --data.cache_root $(CACHE) \
+	  --run_name $(or $(RUN),synthavs-$(or $(VARIANT),teso)) \
+	  --ckpt_path last --latest_json runs/latest.json $(TRAIN_ARGS)
 
 eval: setup ## stage 5: metrics and report for the last training run
 	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
