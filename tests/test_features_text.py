@@ -76,3 +76,29 @@ def test_missing_cue_stage_is_a_clear_error(tiny, minilm, tmp_path):
 def test_frame_cues_normalises():
     assert frame_cues(["A  Dog!", "a dog", " "], 4) == (["a dog"], 0)
     assert frame_cues(None, 4) == ([], 0)
+
+
+def test_clip_text_encoder_by_path_offline(tmp_path, monkeypatch):
+    """The real-run text encoder path: a tiny CLIP text tower saved with save_pretrained."""
+    import torch
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModelWithProjection
+
+    from pipeline.encoders.text import build_text, minilm_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())  # any saved tokenizer works for the wrapper
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=40, projection_dim=16,
+                         eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(cfg).save_pretrained(tmp_path / "clip")
+    tok.save_pretrained(tmp_path / "clip")
+    enc = build_text("clip", str(tmp_path / "clip"))
+    enc.setup()
+    emb = enc.embed(["guitar", "a dog barking", "guitar"])
+    assert emb.shape == (3, 16) and enc.info()["dim"] == 16
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb[0], emb[2], atol=1e-6)
+    assert np.abs(emb[0] - emb[1]).max() > 1e-3
+    with pytest.raises(ValueError, match="--text-model"):
+        build_text("clip")
