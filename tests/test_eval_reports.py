@@ -142,8 +142,10 @@ def test_make_preference_outputs_and_table(world, tmp_path, capsys):
     assert_png(out / "preference.png", 400, 200)
     md = (out / "preference.md").read_text()
     assert "Delta_m" in md and "## slice: counter_bias" in md
-    # the printed table ends the output
-    assert printed.rstrip().splitlines()[-1].startswith(PR.BASELINE)
+    # the printed table ends the output, with a one-line summary of the mute condition
+    last = printed.rstrip().splitlines()
+    assert last[-1].startswith("Delta_m under mute, all clips") and PR.BASELINE in last[-1]
+    assert last[-3].startswith(PR.BASELINE)
     assert "WGN 10 dB" in printed and "empty-pred" in printed
 
 

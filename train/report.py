@@ -190,4 +190,8 @@ def preference_text(table: pd.DataFrame, conditions: Sequence[str], *, meta: Map
         header, rows = preference_rows(table[table["slice"] == sl], conditions, markdown=False)
         n = int(table[table["slice"] == sl]["clips"].max())
         out += ["", f"[slice {sl}: {n} clips]", text_table(header, rows)]
+    mute = table[(table["condition"] == "mute") & (table["slice"] == "all")]
+    if not mute.empty:
+        cells = ", ".join(f"{r.model} {delta(r.delta_m)}" for r in mute.itertuples())
+        out += ["", f"Delta_m under mute, all clips (higher = listens more): {cells}"]
     return "\n".join(out)
