@@ -181,3 +181,10 @@ def test_resolve_export_by_latest_dir_or_name(world):
     assert E.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
     with pytest.raises(E.EvalError, match="run directory not found"):
         E.resolve_export(run="nope", runs_root=runs)
+
+
+def test_find_models_filters_by_training_dataset(world, capsys):
+    runs = world["root"] / "runs"
+    assert sorted(n for n, _ in PR.find_models(runs, dataset="tiny")) == ["audio_only", "teso"]
+    assert PR.find_models(runs, dataset="synthavs") == []
+    assert "trained on tiny" in capsys.readouterr().err

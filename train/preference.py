@@ -44,14 +44,24 @@ OUT_NAME = "preference"
 REPORT_BEGIN, REPORT_END = "<!-- preference -->", "<!-- /preference -->"  # section in reports/<run>/report.md
 
 
-def find_models(runs_root: Path = RUNS_ROOT, runs: Sequence[str | Path] | None = None) -> list[tuple[str, Path]]:
-    """(display name, export dir) of every exported model; the name is the variant (``variant@run``
-    when two runs share a variant)."""
+def find_models(runs_root: Path = RUNS_ROOT, runs: Sequence[str | Path] | None = None,
+                dataset: str | None = None) -> list[tuple[str, Path]]:
+    """(display name, export dir) of every exported model (trained on ``dataset`` when given; explicit
+    ``runs`` are always kept); the name is the variant (``variant@run`` when two runs share one)."""
     exports = [Path(r) / "export" for r in runs] if runs else sorted(Path(runs_root).glob("*/export"))
-    found = [(read_export_config(e).get("variant") or e.parent.name, e) for e in exports if (e / "config.yaml").exists()]
-    if runs and len(found) != len(exports):
+    if runs and not all((e / "config.yaml").exists() for e in exports):
         missing = [str(e) for e in exports if not (e / "config.yaml").exists()]
         raise EvalError(f"no export in {missing}")
+    found = []
+    for e in exports:
+        if not (e / "config.yaml").exists():
+            continue
+        cfg = read_export_config(e)
+        trained_on = (cfg.get("data") or {}).get("dataset") or (cfg.get("data") or {}).get("init_args", {}).get("dataset")
+        if dataset and not runs and trained_on not in (None, dataset):
+            print(f"note: skipping {e} (trained on {trained_on}, not {dataset})", file=sys.stderr)
+            continue
+        found.append((cfg.get("variant") or e.parent.name, e))
     counts = pd.Series([n for n, _ in found]).value_counts() if found else pd.Series(dtype=int)
     return [(n if counts[n] == 1 else f"{n}@{e.parent.name}", e) for n, e in found]
 
@@ -151,7 +161,7 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
     M.get_protocol(protocol)
     if conditions[0] != "none":
         raise EvalError(f"the first condition must be the normal audio 'none', got {list(conditions)}")
-    models = find_models(runs_root, runs)
+    models = find_models(runs_root, runs, dataset)
     if not models:
         raise EvalError(f"no exported model under {runs_root}/*/export; run `make train` first")
     rows: list[dict[str, Any]] = []
