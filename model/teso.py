@@ -37,6 +37,8 @@ class TeSOOutput:
         query_masks: ``[N, Q, h, w]`` per-query mask logits of the last stage at the mask-feature resolution.
         semantic_scores: ``[N, C+1, H', W']`` AVSS per-class scores (channel 0 = background), or None
             when the model was built with ``semantic=False``.
+        aux_mask_logits: per earlier decoder stage the binary logit map ``[N, h, w]`` at the mask-feature
+            resolution (deep supervision of the binary map; the losses upsample to the target).
         aux_query_masks: per earlier decoder stage ``[N, Q, h, w]`` (deep supervision).
         aux_class_logits: per earlier decoder stage ``[N, Q, C+1]``.
         sedam: the prompt generator's output (prompts, gates, attention, ``audio_pooled``/``text_pooled``).
@@ -46,6 +48,7 @@ class TeSOOutput:
     class_logits: torch.Tensor
     query_masks: torch.Tensor
     semantic_scores: torch.Tensor | None
+    aux_mask_logits: tuple[torch.Tensor, ...]
     aux_query_masks: tuple[torch.Tensor, ...]
     aux_class_logits: tuple[torch.Tensor, ...]
     sedam: SeDAMOutput
@@ -193,6 +196,8 @@ class TeSO(nn.Module):
             class_logits=classes,
             query_masks=masks,
             semantic_scores=sem,
+            aux_mask_logits=tuple(binary_logits(m, c, mode=self.binary_head)
+                                  for m, c in zip(dec.masks_queries_logits[:-1], dec.class_queries_logits[:-1])),
             aux_query_masks=dec.masks_queries_logits[:-1],
             aux_class_logits=dec.class_queries_logits[:-1],
             sedam=prompt,

@@ -34,6 +34,7 @@ def test_variants_run_with_documented_shapes(variant):
     assert out.query_masks.shape == (N, q, 8, 8)
     assert out.semantic_scores is None
     assert len(out.aux_query_masks) == len(out.aux_class_logits) == TINY["decoder_layers"] - 1
+    assert [m.shape for m in out.aux_mask_logits] == [(N, 8, 8)] * (TINY["decoder_layers"] - 1)
     assert out.sedam.audio_pooled.shape[0] == B
     assert torch.isfinite(out.mask_logits).all()
     up = net(**inputs(), output_size=(16, 16))
