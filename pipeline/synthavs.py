@@ -65,6 +65,7 @@ USUAL_MIN, RARE_MAX = 0.8, 0.2
 USUAL = sorted(c for c, p in P_SOUND.items() if p >= USUAL_MIN)
 RARE = sorted(c for c, p in P_SOUND.items() if p <= RARE_MAX)
 SLICES = ("bias_consistent", "counter_bias", "balanced", "null")
+STAND_FROM, FLOOR_FROM = 0.15, 0.75  # top of an upright object / bottom of a lying one, fraction of height
 PEAK_MAX = 0.95  # clip-level peak limit of the mixed audio (PCM16 without clipping)
 
 
@@ -81,7 +82,7 @@ class SynthConfig:
     ms3_fraction: float = 0.3           # of the non-null clips in every split
     scene_pool: int = 40                # distinct object sets; bounds the number of distinct captions
     objects_per_scene: tuple[float, ...] = (0.15, 0.35, 0.35, 0.15)  # P(1), P(2), P(3), P(4 objects)
-    object_size: tuple[int, int] = (56, 92)  # sprite box side in px before the class size factor
+    object_size: tuple[int, int] = (60, 100)  # sprite box side in px before the class size factor
     min_visible_fraction: float = 0.45  # of each object's own area left after occlusion
     jitter_px: int = 3                  # per-frame position jitter
     p_idle_silent: float = 0.5          # a silent object lies idle with this probability, else looks active
@@ -311,11 +312,14 @@ def _layout(cfg: SynthConfig, clip: dict, rng: np.random.Generator) -> list[dict
         angle = float(rng.choice([90.0, -90.0]) + rng.uniform(-12, 12))
         img = media_draw.sprite(c, size, clip["objects"][c] == "active", rng, idle_angle=angle)
         alpha = np.asarray(img)[..., 3] > 0
+        h, w = alpha.shape
+        m = cfg.jitter_px
+        # idle objects lie on the floor (their bottom in the lower part of the room)
+        top = int((FLOOR_FROM if clip["objects"][c] == "idle" else STAND_FROM) * H)
+        y_lo = max(m, min(top - (h if clip["objects"][c] == "idle" else 0), H - h - m - 1))
         for _attempt in range(60):
-            h, w = alpha.shape
-            m = cfg.jitter_px
             x = int(rng.integers(m, max(m + 1, H - w - m)))
-            y = int(rng.integers(max(m, int(0.15 * H)), max(max(m, int(0.15 * H)) + 1, H - h - m)))
+            y = int(rng.integers(y_lo, max(y_lo + 1, H - h - m)))
             cand = placed + [{"category": c, "img": img, "alpha": alpha, "x": x, "y": y}]
             if all(f >= cfg.min_visible_fraction for f in _visible_fractions(cand, H)):
                 break
