@@ -85,7 +85,8 @@ class EfficientNetLite0:
         net = EfficientNet.from_name(self.name)
         sd = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
         net.load_state_dict(sd)
-        self.net = fold_batchnorm(net.eval()).requires_grad_(False)
+        # channels-last lets oneDNN's CPU kernels skip layout reorders (~1.3x at batch 4)
+        self.net = fold_batchnorm(net.eval()).requires_grad_(False).to(memory_format=torch.channels_last)
 
     def map_shape(self, level: str, size: tuple[int, int]) -> tuple[int, int, int]:
         s = STRIDES[level]
@@ -99,7 +100,7 @@ class EfficientNetLite0:
         want = {LITE0_STAGE_END[lv]: lv for lv in levels}
         out = {}
         with torch.inference_mode():
-            h = net._swish(net._bn0(net._conv_stem(x)))
+            h = net._swish(net._bn0(net._conv_stem(x.contiguous(memory_format=torch.channels_last))))
             for i, block in enumerate(net._blocks):
                 h = block(h)
                 if i in want:
