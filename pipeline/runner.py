@@ -199,6 +199,8 @@ def run_stage(
 ) -> StageResult:
     """Run ``stage`` over ``items`` (rows in a fixed order) into its fingerprinted directory."""
     t0 = time.perf_counter()
+    if items.empty:
+        raise StageError(f"{dataset}/{stage.name}: no items to process (empty manifest or selection)")
     config = {**stage.config(), "_shard_size": shard_size}
     fp = fingerprint(config, inputs)
     out = stage_dir(cache_root, dataset, stage.name, fp)

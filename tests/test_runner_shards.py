@@ -40,3 +40,9 @@ def test_machines_and_ranks_partition_shards(monkeypatch):
 def test_bad_shard_index_is_an_error(tmp_path):
     with pytest.raises(StageError, match="--shard-index 2"):
         _run(tmp_path, num_shards=2, shard_index=2)
+
+
+def test_empty_item_table_is_a_clear_error(tmp_path):
+    with pytest.raises(StageError, match="no items"):
+        run_stage(dd.ToyStage(), dd.items(0), cache_root=tmp_path, dataset="toyds", inputs={}, progress=False)
+    assert not (tmp_path / "toyds").exists()  # no empty output directory left behind
