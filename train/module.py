@@ -42,6 +42,8 @@ class TeSOModule(pl.LightningModule):
         optimizer: optimizer factory (``class_path: torch.optim.AdamW`` + ``init_args`` in YAML).
         scheduler: optional LR scheduler factory, stepped per epoch.
         bce_weight, dice_weight: mask losses on frames with ground truth.
+        aux_weight: deep supervision: the same BCE + dice (with their weights) on the binary map of
+            every earlier decoder stage (``aux_mask_logits``), summed over stages (Mask2Former practice).
         infonce_weight: clip-level InfoNCE (0 disables it: the ``no_infonce`` and ``official`` variants).
         infonce_temperature: initial temperature of the learnable InfoNCE temperature.
         class_weight: weight of the Hungarian class + mask set loss over the decoder's queries
@@ -60,6 +62,7 @@ class TeSOModule(pl.LightningModule):
         *,
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
+        aux_weight: float = 0.0,
         infonce_weight: float = 0.1,
         infonce_temperature: float = 0.07,
         class_weight: float = 1.0,
@@ -71,7 +74,8 @@ class TeSOModule(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.weights = {"bce": bce_weight, "dice": dice_weight, "infonce": infonce_weight, "class": class_weight}
+        self.weights = {"bce": bce_weight, "dice": dice_weight, "aux": aux_weight, "infonce": infonce_weight,
+                        "class": class_weight}
         self.infonce = losses.InfoNCE(init_temperature=infonce_temperature)
         # AVSS: Hungarian-matched class + mask loss over the decoder's queries (needs the class count)
         semantic = bool(getattr(net, "semantic", False))
@@ -107,6 +111,10 @@ class TeSOModule(pl.LightningModule):
             terms["bce"] = losses.sigmoid_bce(logits, batch.masks, valid=valid)
         if self.weights["dice"] > 0:
             terms["dice"] = losses.dice_loss(logits, batch.masks, valid=valid)
+        if self.weights["aux"] > 0 and getattr(out, "aux_mask_logits", None):
+            terms["aux"] = sum(self.weights["bce"] * losses.sigmoid_bce(a, batch.masks, valid=valid)
+                               + self.weights["dice"] * losses.dice_loss(a, batch.masks, valid=valid)
+                               for a in out.aux_mask_logits)
         sedam = out.sedam
         if self.weights["infonce"] > 0 and sedam.text_pooled is not None and batch.num_clips > 1:
             terms["infonce"] = self.infonce(sedam.audio_pooled, sedam.text_pooled)
