@@ -281,6 +281,8 @@ class OfficialSeDAM(nn.Module):
         """Same contract as ``SeDAM.forward``; prompts ``[N, K, out_dim]``, all marked valid."""
         b, t = _check_shapes(audio, cue_emb, cue_mask)
         n, k, _ = cue_emb.shape
+        if k == 0:
+            raise ValueError("OfficialSeDAM needs K >= 1 cue slots per frame (the public code pads to 4 with 'None')")
         a = self.audio_proj(audio)  # (B, T, D)
         src = a.reshape(n, 1, -1).expand(n, k, -1)  # (N, K, D): K copies of the own second
         tgt = self.text_proj(cue_emb)  # (N, K, D)

@@ -21,8 +21,9 @@ def inputs(seed: int = 0, *, b: int = B, t: int = T, k: int = K) -> dict:
     g = torch.Generator().manual_seed(seed)
     n = b * t
     cue_mask = torch.rand(n, k, generator=g) > 0.4
-    cue_mask[0] = False  # a frame with zero cues
-    cue_mask[1, 0] = True
+    if k:
+        cue_mask[0] = False  # a frame with zero cues
+        cue_mask[1, 0] = True
     cue_emb = torch.randn(n, k, DT, generator=g) * cue_mask[..., None]
     return dict(
         visual=[torch.randn(n, c, h, w, generator=g) for c, (h, w) in zip(CHANNELS, SIZES)],

@@ -101,6 +101,16 @@ def test_official_block_shapes():
     assert out.text_pooled.shape == out.audio_pooled.shape == (B, D)
 
 
+def test_no_cue_slots():
+    x = inputs(k=0)
+    assert x["cue_emb"].shape[1] == 0
+    out = _sedam()(audio=x["audio"], cue_emb=x["cue_emb"], cue_mask=x["cue_mask"])
+    assert out.prompts.shape == (B * T, 1, OUT) and torch.isfinite(out.text_pooled).all()
+    with pytest.raises(ValueError, match="K >= 1"):
+        OfficialSeDAM(text_dim=DT, audio_dim=DA, dim=D, out_dim=OUT)(audio=x["audio"], cue_emb=x["cue_emb"],
+                                                                   cue_mask=x["cue_mask"])
+
+
 def test_audio_prompts_shapes():
     x = inputs()
     out = AudioPrompts(audio_dim=DA, dim=D, out_dim=OUT, max_seconds=T)(audio=x["audio"])
