@@ -48,7 +48,7 @@ INPUT_SIZE = 224
 DEMO_LEVELS = ("s8", "s16", "s32")
 MASK_SIZE = 56  # = INPUT_SIZE / 4, the resolution of Mask2Former's mask features
 MAX_CUES = 4    # cue tokens per frame (the official code's num_a)
-VISUAL_BATCH = 4  # on CPU small batches are fastest (large activations fall out of cache); raise on GPU
+VISUAL_BATCH = 1  # measured fastest on CPU (bigger batches fall out of cache); use 16-64 with --device cuda
 CUE_SETS = ("cot", "direct", "vocab", "oracle")
 ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "audio_path",
                 "audio_start_s", "audio_end_s"]
@@ -56,6 +56,24 @@ ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_pat
 
 class FrameError(ValueError):
     """A frame's input cannot be used; the message names the file."""
+
+
+class TorchThreads:
+    """Wrap an encoder so ``setup()`` also sets torch's thread count (torch is imported only then,
+    so a run over finished caches never imports it)."""
+
+    def __init__(self, encoder, threads: int) -> None:
+        self.encoder, self.threads = encoder, threads
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def setup(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        self.encoder.setup()
 
 
 def bytes_per_row(specs: dict[str, ArraySpec]) -> int:
@@ -267,7 +285,7 @@ class VisualStage(Stage):
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``[N, H, W, 3]`` uint8 -> {level: ``[N, C, h, w]`` float32} in one batched call."""
         x = normalise(images, self.encoder.mean, self.encoder.std)
-        return {lv: t.float().numpy() for lv, t in self.encoder.maps(x, self.levels).items()}
+        return {lv: t.float().cpu().numpy() for lv, t in self.encoder.maps(x, self.levels).items()}
 
     def process_batch(self, items: pd.DataFrame) -> ShardOutput:
         specs = self.array_specs()
@@ -482,13 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-index", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=VISUAL_BATCH, help="visual batch (frames)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--device", default="cpu", help="torch device for the visual/text encoders (cpu, cuda, cuda:1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0 = torch default); 1 is fastest on a busy CPU, where spinning threads collide")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     what = [w.strip() for w in a.what.split(",") if w.strip()]
     unknown = sorted(set(what) - {"audio", "visual", "text"})
     if unknown:
@@ -498,13 +514,13 @@ def main(argv: list[str] | None = None) -> None:
                   shard_index=a.shard_index, progress=not a.no_progress)
     failed = False
     if "visual" in what:
-        enc = build_visual(a.visual_encoder, a.visual_model)
+        enc = TorchThreads(build_visual(a.visual_encoder, a.visual_model, a.device), a.threads)
         res = run_visual(manifest, enc, levels=tuple(a.levels.split(",")), input_size=a.input_size,
                          mask_size=a.mask_size, batch_size=a.batch_size, **run_kw)
         report(res, "features/visual")
     if "audio" in what:
-        enc = build_audio(a.audio_encoder, vggish_weights=a.vggish_weights, vggish_pca=a.vggish_pca,
-                          yamnet_model=a.yamnet_model, yamnet_output=a.yamnet_output)  # loaded once, if needed
+        enc = TorchThreads(build_audio(a.audio_encoder, vggish_weights=a.vggish_weights, vggish_pca=a.vggish_pca,
+                                       yamnet_model=a.yamnet_model, yamnet_output=a.yamnet_output), a.threads)
         for spec in [s for s in a.audio_perturb.split(",") if s.strip()]:
             res = run_audio(manifest, enc, perturb=spec, seed=a.noise_seed, **run_kw)
             report(res, f"features/audio[{parse_perturb(spec)[0]}]")
@@ -515,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[features/text] no finished cue stage under {Path(a.cache_root) / a.dataset / 'cues'}; "
                   "run `make cues` first", file=sys.stderr)
             failed = True
-        enc = build_text(a.text_encoder, a.text_model)
+        enc = TorchThreads(build_text(a.text_encoder, a.text_model, a.device), a.threads)
         for cue_set in sets:
             res = run_text(manifest, enc, cue_set=cue_set, max_cues=a.max_cues, **run_kw)
             report(res, f"features/text[{cue_set}]")

@@ -30,8 +30,9 @@ class MiniLMText:
     name = "minilm"
     dim = 384
 
-    def __init__(self, model: str | Path | None = None, batch_size: int = 256) -> None:
+    def __init__(self, model: str | Path | None = None, batch_size: int = 256, device: str = "cpu") -> None:
         self.model = str(model) if model else None
+        self.device = device
         self.batch_size = batch_size
         self.tok = self.net = None
 
@@ -46,7 +47,7 @@ class MiniLMText:
 
         path = self.model or str(minilm_dir())
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.net = AutoModel.from_pretrained(path).eval()
+        self.net = AutoModel.from_pretrained(path).eval().to(self.device)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -56,17 +57,19 @@ class MiniLMText:
         for b in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
                            return_tensors="pt")
+            enc = enc.to(self.device)
             with torch.inference_mode():
                 h = self.net(**enc).last_hidden_state  # (B, L, 384)
                 m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).numpy())
+                out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).float().cpu().numpy())
         return np.concatenate(out)
 
 
 class CLIPText:
     name = "clip"
 
-    def __init__(self, model: str, batch_size: int = 256) -> None:
+    def __init__(self, model: str, batch_size: int = 256, device: str = "cpu") -> None:
+        self.device = device
         if not model:
             raise ValueError("the clip text encoder needs --text-model ID_OR_PATH (e.g. openai/clip-vit-large-patch14)")
         self.model = model
@@ -84,7 +87,7 @@ class CLIPText:
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
         self.tok = AutoTokenizer.from_pretrained(self.model)
-        self.net = CLIPTextModelWithProjection.from_pretrained(self.model).eval()
+        self.net = CLIPTextModelWithProjection.from_pretrained(self.model).eval().to(self.device)
         self.dim = int(self.net.config.projection_dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -95,14 +98,15 @@ class CLIPText:
         for b in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
                            return_tensors="pt")
+            enc = enc.to(self.device)
             with torch.inference_mode():
-                out.append(F.normalize(self.net(**enc).text_embeds, dim=-1).numpy())
+                out.append(F.normalize(self.net(**enc).text_embeds, dim=-1).float().cpu().numpy())
         return np.concatenate(out)
 
 
-def build_text(name: str, model: str | None = None):
+def build_text(name: str, model: str | None = None, device: str = "cpu"):
     if name == "minilm":
-        return MiniLMText(model)
+        return MiniLMText(model, device=device)
     if name == "clip":
-        return CLIPText(model or "")
+        return CLIPText(model or "", device=device)
     raise ValueError(f"unknown text encoder {name!r}; choose minilm or clip")
