@@ -132,19 +132,21 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
 
 
 def answer_schema(fields: tuple[str, ...], vocabulary: list[str] | None, *, max_cues: int = 4,
-                  max_visible: int = 6, max_name_chars: int = 32, max_reasoning_chars: int = 120) -> dict[str, Any]:
+                  max_visible: int = 6, max_name_chars: int = 24, max_reasoning_chars: int = 100) -> dict[str, Any]:
     """JSON schema of the answer; the reasoning field comes before ``sounding_objects``.
 
-    Closed vocabulary: names are an enum of the dataset's categories. The length bounds keep
-    a small model from looping until ``max_new_tokens`` (xgrammar/vLLM enforce them).
+    Closed vocabulary: the answer's names are an enum of the dataset's categories, while
+    ``visible_objects`` stays free text, so step 1 lists what the description says in its own
+    words instead of copying the category list. The length bounds keep a small model from
+    looping until ``max_new_tokens`` (xgrammar/vLLM enforce them).
 
     >>> list(answer_schema(OUTPUTS["cot"], ["dog"])["properties"])
     ['visible_objects', 'reasoning', 'sounding_objects']
     """
-    name: dict[str, Any] = {"type": "string", "enum": list(vocabulary)} if vocabulary else \
-        {"type": "string", "minLength": 1, "maxLength": max_name_chars}
+    free: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_name_chars}
+    name = {"type": "string", "enum": list(vocabulary)} if vocabulary else free
     props = {
-        "visible_objects": {"type": "array", "items": name, "maxItems": max_visible},
+        "visible_objects": {"type": "array", "items": free, "maxItems": max_visible},
         "reasoning": {"type": "string", "maxLength": max_reasoning_chars},
         "sounding_objects": {"type": "array", "items": name, "maxItems": max_cues},
     }

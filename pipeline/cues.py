@@ -198,8 +198,8 @@ def run_cues(*, dataset: str, sets: str = DEFAULT_SETS, manifest: str | Path | N
              cache_root: str | Path = "cache", captions_dir: str | Path | None = None,
              llm_backend: str = "transformers", model: str = SMOLLM2, gguf_file: str | None = None,
              vocabulary: str = "closed", structured: bool = True, repair: bool = True,
-             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 160, llm_batch_size: int = 8,
-             tensor_parallel_size: int = 1, batch_size: int = 64, shard_size: int = 256, num_shards: int = 1,
+             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 8,
+             tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
              ) -> dict[str, StageResult]:
     """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load."""
@@ -246,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-structured", action="store_true", help="free-text generation + tolerant parser (no JSON schema)")
     p.add_argument("--no-repair", action="store_true", help="no retry with the repair prompt for unreadable answers")
     p.add_argument("--max-cues", type=int, default=DEFAULT_MAX_CUES)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=112)
     p.add_argument("--llm-batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per runner micro-batch")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="rows per runner micro-batch (its distinct captions are asked together, --llm-batch-size at a time)")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=0)
