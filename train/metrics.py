@@ -280,15 +280,6 @@ def score_stats(stats: FrameStats, protocol: Protocol | str = DEFAULT_PROTOCOL) 
     return out
 
 
-def per_clip_scores(stats: FrameStats, protocol: Protocol | str = DEFAULT_PROTOCOL) -> dict[int, dict[str, float]]:
-    """Each clip's IoU and F under the protocol's per-frame rules (one clip = one batch)."""
-    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    return {
-        int(b.clip[0]): {"miou": batch_iou(b), "fscore": batch_fscore(b, beta2=protocol.beta2)}
-        for b in clip_batches(stats, 1)
-    }
-
-
 def null_scores(stats: FrameStats) -> dict[str, float]:
     """Silent-clip figures: mean predicted foreground fraction (lower is better) and the share of
     frames predicted empty (higher is better), at the protocol's IoU threshold."""
