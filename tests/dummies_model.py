@@ -1,6 +1,7 @@
 """Tiny TeSO inputs and configs for the model tests (random tensors: shapes only, never a stand-in for data)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 B, T, K, DA, DT = 2, 3, 4, 16, 24
@@ -31,3 +32,12 @@ def inputs(seed: int = 0, *, b: int = B, t: int = T, k: int = K) -> dict:
         cue_emb=cue_emb,
         cue_mask=cue_mask,
     )
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one intra-op thread (spinning OpenMP threads cost more on a shared box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,9 @@ from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
 
 from model.decoder import MaskDecoder  # noqa: E402
 from model.teso import TeSO  # noqa: E402
+from tests.dummies_model import one_thread  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@ import pytest
 import torch
 
 from model.losses import InfoNCE, SetCriterion, dice_loss, info_nce, semantic_targets, sigmoid_bce
+from tests.dummies_model import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_info_nce_hand_computed_2x2():

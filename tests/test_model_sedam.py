@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from model.sedam import AudioPrompts, OfficialSeDAM, SeDAM
-from tests.dummies_model import B, DA, DT, K, T, inputs
+from tests.dummies_model import B, DA, DT, K, T, inputs, one_thread  # noqa: F401
 
 D, OUT = 32, 64
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sedam(**kw):
