@@ -1,22 +1,25 @@
 """MaskDecoder: transformers' tiny Mask2Former decoder weights load into it and give the same outputs."""
-import os
-
 import pytest
 import torch
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig  # noqa: E402
-
-from model.decoder import MaskDecoder  # noqa: E402
-from model.teso import TeSO  # noqa: E402
-from tests.dummies_model import one_thread  # noqa: E402,F401
+from model.decoder import MaskDecoder
+from model.teso import TeSO
+from tests.dummies_model import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    """Loading must never reach a model hub: the checkpoint is a local directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
-def tiny_m2f(tmp_path_factory):
+def tiny_m2f(tmp_path_factory, offline):
     """A tiny Mask2Former (stack notes §5) saved with save_pretrained, as a checkpoint directory."""
     torch.manual_seed(0)
     bb = SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8],
