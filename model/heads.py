@@ -4,7 +4,8 @@ Binary AVS (one logit map per frame), ``mode``:
 
 * ``"weighted_sum"`` (default): the public code's ``logit(x) = sum_q p_q * m_q(x)`` (raw logits, no
   sigmoid), p_q = 1 - softmax(c_q)[null]. Trained from scratch on a toy audio-to-object binding task
-  (demo widths, 3 seeds) it left the "predict nothing" plateau in all runs, ``noisy_or`` in one of three.
+  (demo widths, 3 seeds) it left the "predict nothing" plateau in all runs, ``noisy_or`` only
+  transiently in one.
 * ``"noisy_or"``: query q is a sounding object with probability p_q = 1 - softmax(c_q)[null]
   and covers pixel x with probability sigmoid(m_q(x)); the pixel sounds if any query says so::
 
