@@ -137,13 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the in-process encoder timing")
+    p.add_argument("--batch", type=int, default=16, help="frames per batched visual call")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     from manifests.schema import read_manifest
     from pipeline import synthavs
-    from pipeline.features import VISUAL_BATCH
 
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         tmp = Path(tmp)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             manifest = read_manifest(tmp / "synthavs.parquet")
         else:
             manifest = read_manifest(demo)
-        ratio_vis = bench_visual(manifest, 16 if a.quick else 64, VISUAL_BATCH)
+        ratio_vis = bench_visual(manifest, 16 if a.quick else 64, a.batch)
         ratio_store = bench_store(tmp / "store", 40 if a.quick else 400)
         ratio_rerun = bench_rerun(manifest, tmp / "cache")
     print(f"features.visual_batched_vs_per_frame {ratio_vis:.2f}x (goal >= 2x)")
