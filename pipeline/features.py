@@ -96,7 +96,6 @@ class AudioStage(Stage):
 
     def __init__(self, encoder, manifest: Manifest, *, perturb: str = "none", seed: int = 0, batch_size: int = 64) -> None:
         self.encoder, self.manifest = encoder, manifest
-        self.perturb_spec = perturb
         self.tag, self.snr_db = parse_perturb(perturb)
         self.seed, self.batch_size = seed, batch_size
         self._memo: OrderedDict[tuple[str, int], tuple[np.ndarray, str]] = OrderedDict()
@@ -143,7 +142,9 @@ class AudioStage(Stage):
                     raise FrameError(f"{it.uid}: frame_idx {it.frame_idx} outside the clip's {it.n_frames} frames")
                 seconds = max(int(it.n_frames), int(math.ceil(it.audio_end_s - 1e-6)))
                 emb, warning = self.clip_embeddings(it.audio_path, it.uid, seconds)
-                vec = emb[second]
+                if not 0 <= second < len(emb):
+                    raise FrameError(f"{self.manifest.abspath(it.audio_path)}: no audio example for second {second}")
+                vec = emb[second].astype(np.float16)
                 if not np.isfinite(vec).all():
                     raise FrameError(f"{self.manifest.abspath(it.audio_path)}: encoder output for second {second} has NaN/Inf")
                 out[i] = vec
@@ -305,11 +306,12 @@ class VisualStage(Stage):
         if ok:
             maps = self.encode(np.stack(images))
             for lv, m in maps.items():
+                m = m.astype(np.float16)  # checked after the cast: values beyond fp16 range become Inf
                 finite = np.isfinite(m).reshape(len(ok), -1).all(1)
                 for j, i in enumerate(ok):
                     if not finite[j]:
                         failures[i] = f"{self.manifest.abspath(items.iloc[i].image_path)}: encoder output ({lv}) has NaN/Inf"
-                arrays[f"vis_{lv}"][ok] = m.astype(np.float16)
+                arrays[f"vis_{lv}"][ok] = m
         rows = items[["uid", "frame_idx", "split"]].reset_index(drop=True).copy()
         rows[FAILURE] = failures
         return ShardOutput(rows, arrays)
