@@ -466,14 +466,17 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
 
-def report(res: StageResult, label: str, file=sys.stderr) -> None:
+def report(res: StageResult, label: str, file=sys.stderr) -> int:
+    """Print the stage summary, bytes per frame and the cache's size; return that size in bytes."""
     print_summary(res, label, file=file)
     if not res.complete:
-        return
+        return 0
     card = json.loads((res.out_dir / "card.json").read_text())
     per_frame = sum(math.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in card["arrays"].values())
-    print(f"[{label}] {per_frame} bytes/frame x {card['n_items']} frames; cache {dir_bytes(res.out_dir) / 2**20:.1f} MiB "
+    size = dir_bytes(res.out_dir)
+    print(f"[{label}] {per_frame} bytes/frame x {card['n_items']} frames; cache {size / 2**20:.1f} MiB "
           f"on disk ({res.out_dir})", file=file)
+    return size
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -514,18 +517,18 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(a.manifest or manifest_path(a.dataset))
     run_kw = dict(cache_root=a.cache_root, dataset=a.dataset, shard_size=a.shard_size, num_shards=a.num_shards,
                   shard_index=a.shard_index, progress=not a.no_progress)
-    failed = False
+    failed, total = False, 0
     if "visual" in what:
         enc = TorchThreads(build_visual(a.visual_encoder, a.visual_model, a.device), a.threads)
         res = run_visual(manifest, enc, levels=tuple(a.levels.split(",")), input_size=a.input_size,
                          mask_size=a.mask_size, batch_size=a.batch_size, **run_kw)
-        report(res, "features/visual")
+        total += report(res, "features/visual")
     if "audio" in what:
         enc = TorchThreads(build_audio(a.audio_encoder, vggish_weights=a.vggish_weights, vggish_pca=a.vggish_pca,
                                        yamnet_model=a.yamnet_model, yamnet_output=a.yamnet_output), a.threads)
         for spec in [s for s in a.audio_perturb.split(",") if s.strip()]:
             res = run_audio(manifest, enc, perturb=spec, seed=a.noise_seed, **run_kw)
-            report(res, f"features/audio[{parse_perturb(spec)[0]}]")
+            total += report(res, f"features/audio[{parse_perturb(spec)[0]}]")
     if "text" in what:
         sets = [s for s in CUE_SETS if (Path(a.cache_root) / a.dataset / "cues" / f"latest-{s}.json").exists()] \
             if a.cue_sets == "auto" else [s.strip() for s in a.cue_sets.split(",") if s.strip()]
@@ -536,10 +539,11 @@ def main(argv: list[str] | None = None) -> None:
         enc = TorchThreads(build_text(a.text_encoder, a.text_model, a.device), a.threads)
         for cue_set in sets:
             res = run_text(manifest, enc, cue_set=cue_set, max_cues=a.max_cues, **run_kw)
-            report(res, f"features/text[{cue_set}]")
+            total += report(res, f"features/text[{cue_set}]")
             if res.complete:
                 print(f"[features/text[{cue_set}]] cue table {len(json.loads((res.out_dir / CUE_VOCAB).read_text()))} "
                       f"strings, {(res.out_dir / CUE_TABLE).stat().st_size} bytes", file=sys.stderr)
+    print(f"[features] caches total {total / 2**20:.1f} MiB on disk", file=sys.stderr)
     if failed:
         sys.exit(1)
 
