@@ -16,6 +16,15 @@ from pipeline.store import FeatureStore, FeatureStoreError
 from tests.dummies_features import tiny_synthavs
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Spinning OpenMP threads on a shared 2-core box slow these tests ~10x; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_synthavs(tmp_path_factory.getbasetemp() / "tiny")
