@@ -61,3 +61,37 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path_factory, tmp_path):
     for key in sa.keys:
         for uid in sa.uids:
             np.testing.assert_array_equal(sa.clip(uid, key).numpy(), sb.clip(uid, key).numpy())
+
+
+def test_two_shard_processes_make_one_cache(tmp_path_factory, tmp_path):
+    """--num-shards 2: each process writes its shards; whoever finishes last completes the cache."""
+    from pipeline.encoders.text import MiniLMText
+    from pipeline.encoders.yamnet import YAMNetEncoder
+    from pipeline.features import run_audio, run_text
+    from tests.dummies_features import write_cues
+
+    m = tiny_synthavs(tmp_path_factory.getbasetemp() / "tiny")
+    enc = YAMNetEncoder()
+    run = lambda k: run_audio(m, enc, perturb="mute", cache_root=tmp_path / "split", dataset="synthavs",  # noqa: E731
+                              shard_size=8, num_shards=2, shard_index=k, progress=False)
+    first = run(0)
+    assert not first.complete and not (first.out_dir / "index.parquet").exists()
+    assert not (first.out_dir / "card.json").exists()
+    parts = [first, run(1)]
+    assert parts[1].complete and (parts[1].out_dir / "index.parquet").exists()
+    whole = run_audio(m, enc, perturb="mute", cache_root=tmp_path / "whole", dataset="synthavs", shard_size=8,
+                      progress=False)
+    a, b = FeatureStore(parts[1].out_dir), FeatureStore(whole.out_dir)
+    assert a.index.drop(columns="dataset").equals(b.index.drop(columns="dataset"))
+    for uid in b.uids:
+        np.testing.assert_array_equal(a.clip(uid, "audio").numpy(), b.clip(uid, "audio").numpy())
+    # text: the process that completes the cache also stores the cue table
+    write_cues(tmp_path / "split", m.frames, lambda u, f: ["guitar", "man"] if f % 2 else ["bell"], tag="cot")
+    text = MiniLMText()
+    half = run_text(m, text, cue_set="cot", cache_root=tmp_path / "split", dataset="synthavs", shard_size=8,
+                    num_shards=2, shard_index=1, progress=False)
+    assert not half.complete and not (half.out_dir / "cue_table.npy").exists()
+    last = run_text(m, text, cue_set="cot", cache_root=tmp_path / "split", dataset="synthavs", shard_size=8,
+                    num_shards=2, shard_index=0, progress=False)
+    store = FeatureStore(last.out_dir, expect={"cue_set": "cot"})
+    assert store.cue_vocab == ["bell", "guitar", "man"] and store.cue_table.shape == (3, 384)
