@@ -72,8 +72,10 @@ def test_two_shard_processes_make_one_cache(tmp_path_factory, tmp_path):
 
     m = tiny_synthavs(tmp_path_factory.getbasetemp() / "tiny")
     enc = YAMNetEncoder()
-    run = lambda k: run_audio(m, enc, perturb="mute", cache_root=tmp_path / "split", dataset="synthavs",  # noqa: E731
-                              shard_size=8, num_shards=2, shard_index=k, progress=False)
+    def run(k):
+        return run_audio(m, enc, perturb="mute", cache_root=tmp_path / "split", dataset="synthavs", shard_size=8,
+                         num_shards=2, shard_index=k, progress=False)
+
     first = run(0)
     assert not first.complete and not (first.out_dir / "index.parquet").exists()
     assert not (first.out_dir / "card.json").exists()
