@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[features/text] no finished cue stage under {Path(a.cache_root) / a.dataset / 'cues'}; "
                   "run `make cues` first", file=sys.stderr)
             failed = True
+        elif "cot" not in sets:
+            print(f"[features/text] note: no 'cot' cue set (training's default); text caches for {sets} only",
+                  file=sys.stderr)
         enc = TorchThreads(build_text(a.text_encoder, a.text_model, a.device), a.threads)
         for cue_set in sets:
             res = run_text(manifest, enc, cue_set=cue_set, max_cues=a.max_cues, **run_kw)
