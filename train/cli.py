@@ -103,9 +103,16 @@ class TeSOCLI(LightningCLI):
         parser.add_argument("--variant", type=str, default="teso", help="model variant name recorded with the run")
         parser.add_argument("--export", type=bool, default=True, help="export the best weights after fit")
         parser.add_argument("--latest_json", type=str | None, default=None, help="write the run pointer here after fit")
+        parser.add_argument("--torch_threads", type=int | None, default=None,
+                            help="intra-op threads (None: torch's default); 1 avoids OpenMP spinning on shared small CPUs")
         for src, dst in LINKS.items():
             parser.link_arguments(src, dst, apply_on="parse")
         parser.link_arguments("data.levels", "model.net.init_args.visual_strides", compute_fn=level_strides, apply_on="parse")
+
+    def before_instantiate_classes(self) -> None:
+        threads = self._run_cfg().torch_threads
+        if threads:
+            torch.set_num_threads(threads)
 
     def _run_cfg(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
