@@ -151,6 +151,14 @@ class FeatureStore:
             arr = self._maps[(shard, key)] = np.load(path, mmap_mode="r")
         return arr
 
+    def release(self) -> None:
+        """Unmap the shards read so far, so their pages stop counting toward this process's RSS.
+
+        The training data module calls it after each clip: resident memory then stays flat over
+        an epoch however large the cache is; the next read maps its shard again (a header read).
+        """
+        self._maps.clear()
+
     def _locate(self, uid: str, frame_idx: int) -> tuple[int, int]:
         pos = self._pos.get((uid, int(frame_idx)))
         if pos is None:

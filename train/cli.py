@@ -130,13 +130,16 @@ class TeSOCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):  # the run layout's loggers unless the config names others
             kwargs.setdefault("logger", [CSVLogger(str(run_dir), name="logs"),
                                          TensorBoardLogger(str(run_dir), name="tb", default_hp_metric=False)])
-        callbacks = [
+        checkpoints = [
             # best by val mIoU, then (a second callback, so it runs after) the last state of every epoch:
             # Lightning 2.6 writes save_last only when the monitored metric improved
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=MONITOR, mode="max",
                             save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=LAST, monitor=None, save_top_k=1,
                             enable_version_counter=False),
+        ] if trainer_cfg.get("enable_checkpointing") is not False else []
+        callbacks = [
+            *checkpoints,
             FrameThroughput(),
             StepReseed(int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0),
         ]

@@ -139,7 +139,7 @@ class ClipDataset(Dataset):
         t = vis[0].shape[0]
         if t != self.clip_len:
             raise FeatureCacheError(f"{self.spec.visual_dir}: clip {uid} has {t} frames, data.clip_len is {self.clip_len}")
-        return ClipItem(
+        item = ClipItem(
             uid=uid,
             frame_idx=torch.arange(t),
             visual=vis,
@@ -150,6 +150,9 @@ class ClipDataset(Dataset):
             mask_valid=visual.clip(uid, "mask_valid").reshape(t).bool(),
             class_masks=visual.clip(uid, "class_mask").long() if self.class_masks else None,
         )
+        for store in (audio, visual, text):  # unmap: resident memory must not grow with the cache size
+            store.release()
+        return item
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -216,7 +219,7 @@ class AVSDataModule(pl.LightningDataModule):
         batch_size: int = 2,
         eval_batch_size: int = 4,
         num_workers: int = 0,
-        levels: list[str] | None = None,
+        levels: tuple[str, ...] = ("s8", "s16", "s32"),
         visual_channels: list[int] | None = None,
         audio_dim: int | None = None,
         text_dim: int | None = None,
@@ -241,7 +244,7 @@ class AVSDataModule(pl.LightningDataModule):
         self.clip_len = clip_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
-        self.levels = tuple(levels or ("s8", "s16", "s32"))
+        self.levels = tuple(levels)
         self.visual_channels = list(visual_channels) if visual_channels else None
         if self.visual_channels is not None and len(self.visual_channels) != len(self.levels):
             raise ValueError(f"data.visual_channels {self.visual_channels} must give one width per level {list(self.levels)}")
