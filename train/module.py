@@ -76,7 +76,8 @@ class TeSOModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.weights = {"bce": bce_weight, "dice": dice_weight, "aux": aux_weight, "infonce": infonce_weight,
                         "class": class_weight}
-        self.infonce = losses.InfoNCE(init_temperature=infonce_temperature)
+        # only when used: DDP requires every trainable parameter to receive a gradient in each step
+        self.infonce = losses.InfoNCE(init_temperature=infonce_temperature) if infonce_weight > 0 else None
         # AVSS: Hungarian-matched class + mask loss over the decoder's queries (needs the class count)
         semantic = bool(getattr(net, "semantic", False))
         self.set_criterion = (losses.SetCriterion(num_classes=net.decoder.num_labels)
@@ -103,7 +104,10 @@ class TeSOModule(pl.LightningModule):
                         output_size=tuple(batch.masks.shape[-2:]))
 
     def compute_losses(self, out: Any, batch: AVSBatch) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms that are switched on (weight > 0) and applicable to this batch."""
+        """Loss terms switched on (weight > 0) and applicable to this batch, before their weights.
+
+        ``aux`` is already the BCE- and dice-weighted sum over the earlier decoder stages.
+        """
         terms: dict[str, torch.Tensor] = {}
         valid = batch.mask_valid
         logits = out.mask_logits
@@ -116,7 +120,7 @@ class TeSOModule(pl.LightningModule):
                                + self.weights["dice"] * losses.dice_loss(a, batch.masks, valid=valid)
                                for a in out.aux_mask_logits)
         sedam = out.sedam
-        if self.weights["infonce"] > 0 and sedam.text_pooled is not None and batch.num_clips > 1:
+        if self.infonce is not None and sedam.text_pooled is not None:  # one clip: no negatives, loss 0
             terms["infonce"] = self.infonce(sedam.audio_pooled, sedam.text_pooled)
         if self.set_criterion is not None and batch.class_masks is not None:
             parts = self.set_criterion(query_masks=out.query_masks, class_logits=out.class_logits,
@@ -139,9 +143,16 @@ class TeSOModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         for k, v in terms.items():
             self.log(f"{stage}/loss_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
-        if stage == "train" and self.weights["infonce"] > 0:
+        if stage == "train" and self.infonce is not None:
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
-        self.metric(stage).update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        metric = self.metric(stage)
+        metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        if stage == "train":
+            # scored per batch and averaged over the epoch: memory stays flat however long the epoch
+            # (the metric keeps per-frame counts); val/test accumulate their whole split
+            for k, v in metric.compute().items():
+                self.log(f"train/{k}", v, prog_bar=k == "miou", on_step=False, on_epoch=True, batch_size=bs)
+            metric.reset()
         return loss
 
     def _last_checkpoint(self) -> str:
@@ -168,9 +179,6 @@ class TeSOModule(pl.LightningModule):
         for k, v in scores.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "miou", sync_dist=False)
         self.metric(stage).reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
