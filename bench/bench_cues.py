@@ -44,7 +44,8 @@ def bench_llm(quick: bool) -> None:
     captions = list(dict.fromkeys(m.frames["caption"]))[: 8 if quick else 16]
     cats = list(m.meta["categories"])
     t = load_template("cot-v1")
-    backend = TransformersBackend(max_new_tokens=24 if quick else 48)
+    # About the length of a real cot answer in full mode: decoding, not the shared prefill, dominates.
+    backend = TransformersBackend(max_new_tokens=32 if quick else 96)
     backend.load()
     texts = backend.prompts([t.messages(c, cats) for c in captions])
     schema = answer_schema(t.fields, cats)
