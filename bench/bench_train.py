@@ -155,12 +155,17 @@ def bench_speed(args) -> tuple[float, float, dict[str, int]]:
     with count_encoder_calls() as calls:
         t_cached = min(timed_cached(), timed_cached())
     preloaded = [b for _, b in zip(range(n), loader)]
-    t0 = time.perf_counter()
-    for batch in preloaded:
-        train_step(module, optimizer, batch)
-    t_mem = time.perf_counter() - t0
-    t_cached2 = timed_cached()
-    t_loader = min(t_cached, t_cached2)
+
+    def timed_memory() -> float:
+        t0 = time.perf_counter()
+        for batch in preloaded:
+            train_step(module, optimizer, batch)
+        return time.perf_counter() - t0
+
+    # alternate the two so that load from other processes hits both alike; best of each
+    t_mem = min(timed_memory(), timed_memory())
+    t_loader = min(t_cached, timed_cached())
+    t_mem = min(t_mem, timed_memory())
     online = OnlineFeatures(dm)
     t0 = time.perf_counter()
     for batch in preloaded:
