@@ -236,7 +236,7 @@ class AVSDataModule(pl.LightningDataModule):
         expect_text: dict[str, Any] | None = None,
         class_masks: bool = False,
         seed: int = 0,
-        unmap_every: int = 32,
+        unmap_every: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
