@@ -152,7 +152,8 @@ def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Se
             if j > 0:
                 for x, y, d in zip(xs, ys, ds):
                     if np.isfinite(d):
-                        ax.text(x, y, f"{d:.0f}", ha="center", va="bottom", fontsize=6)
+                        label = f"{d:.0f}"
+                        ax.text(x, y, "0" if label == "-0" else label, ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, fontsize=8)
         ax.set_ylabel(label)

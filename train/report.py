@@ -39,7 +39,10 @@ def frac(x: float | None) -> str:
 
 
 def delta(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.1f}"
+    if x is None or not math.isfinite(x):
+        return "–"
+    out = f"{x:.1f}"
+    return "0.0" if out == "-0.0" else out  # a drop that rounds to zero is no drop
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
