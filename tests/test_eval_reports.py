@@ -135,6 +135,8 @@ def test_make_preference_outputs_and_table(world, tmp_path, capsys):
         for _, r in g.iterrows():
             if ref["miou"] > 0:
                 assert r["delta_m"] == pytest.approx((ref["miou"] - r["miou"]) / ref["miou"] * 100)
+    # "all" leaves out the null subset (its GT is empty): 3 of the 4 test clips
+    assert set(t.loc[t["slice"] == "all", "clips"]) == {len(D.TEST_CLIPS) - 1}
     # the baseline: the guitar (a usual sounder) is segmented wherever visible
     b = t[(t["model"] == PR.BASELINE) & (t["condition"] == "none")].set_index("slice")
     assert b.loc["bias_consistent", "miou"] == pytest.approx(1.0, abs=1e-6)
@@ -144,7 +146,7 @@ def test_make_preference_outputs_and_table(world, tmp_path, capsys):
     assert "Delta_m" in md and "## slice: counter_bias" in md
     # the printed table ends the output, with a one-line summary of the mute condition
     last = printed.rstrip().splitlines()
-    assert last[-1].startswith("Delta_m under mute, all clips") and PR.BASELINE in last[-1]
+    assert last[-1].startswith("Delta_m under mute, all sounding clips") and PR.BASELINE in last[-1]
     assert last[-3].startswith(PR.BASELINE)
     assert "WGN 10 dB" in printed and "empty-pred" in printed
 

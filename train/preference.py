@@ -4,7 +4,8 @@ For each trained model (every ``runs/*/export``: TeSO, the audio-only baseline, 
 the official-code variant) the test split is predicted with the normal audio features and with
 each perturbed audio cache of the features stage (``mute``; white Gaussian noise at 10 dB and
 40 dB SNR, tags ``wgn10``/``wgn40``), always against the ORIGINAL ground truth. Per slice (SynthAVS:
-bias_consistent, counter_bias, balanced, null; otherwise per subset) and over all clips:
+bias_consistent, counter_bias, balanced, null; otherwise per subset) and over all clips with a
+sounding object (``all``: the null subset is left out, its ground truth is empty):
 
     Delta_m = (mIoU_normal - mIoU_perturbed) / mIoU_normal * 100,   Delta_f likewise with F.
 
@@ -40,6 +41,7 @@ from train.export import load_exported, read_export_config
 
 CONDITIONS = ("none", "mute", "wgn10", "wgn40")  # audio cache tags; "none" = the normal audio
 BASELINE = "usual-sounders baseline"
+NULL_SUBSET = "null"  # nothing sounds: left out of the "all" row (see groups_of)
 OUT_NAME = "preference"
 REPORT_BEGIN, REPORT_END = "<!-- preference -->", "<!-- /preference -->"  # section in reports/<run>/report.md
 
@@ -85,13 +87,20 @@ def preference_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def groups_of(pred: Predictions, frames: pd.DataFrame, clips: pd.DataFrame, protocol: str) -> dict[str, dict[str, Any]]:
-    """``all`` plus each slice (frames carrying it) or, without slices, each subset."""
-    out = {"all": score_group(pred, None, [protocol])}
+    """``all`` plus each slice (frames carrying it) or, without slices, each subset.
+
+    ``all`` leaves out the null subset: there the original ground truth is empty, so a model that
+    stops segmenting under mute GAINS IoU and would dilute Delta; its figures (and the
+    empty-prediction rate) are in the ``null`` row.
+    """
+    subsets = subset_clips(clips, pred.uids)
+    sounding = sorted(i for name, idx in subsets.items() if name != NULL_SUBSET for i in idx)
+    out = {"all": score_group(pred, sounding, [protocol])}
     slices = frame_slices(frames, pred.frames)
     if (slices != "").any():
         out.update(score_slices_by_frame(pred, slices, [protocol]))
     else:
-        out.update({k: score_group(pred, v, [protocol]) for k, v in subset_clips(clips, pred.uids).items()})
+        out.update({k: score_group(pred, v, [protocol]) for k, v in subsets.items()})
     return out
 
 
@@ -232,7 +241,7 @@ def attach_to_run_reports(table: pd.DataFrame, conditions: Sequence[str], models
         if not report.exists():
             continue
         rel = os.path.relpath(out_dir, report.parent)
-        block = "\n".join([REPORT_BEGIN, "## Segmentation preference (all test clips)", "",
+        block = "\n".join([REPORT_BEGIN, "## Segmentation preference (test clips with a sounding object)", "",
                            f"Protocol {meta['protocol']}; cells mIoU % (Delta_m %) / F (Delta_f %); per slice and "
                            f"the chart: [{rel}/{OUT_NAME}.md]({rel}/{OUT_NAME}.md).", "", md_table(header, rows), "",
                            f"![preference]({rel}/{meta['charts'].get('all', OUT_NAME + '.png')})", REPORT_END])

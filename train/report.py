@@ -176,7 +176,8 @@ def preference_md(table: pd.DataFrame, conditions: Sequence[str], *, meta: Mappi
     for sl in dict.fromkeys(table["slice"]):
         header, rows = preference_rows(table[table["slice"] == sl], conditions, markdown=True)
         n = int(table[table["slice"] == sl]["clips"].max())
-        out += [f"## slice: {sl} ({n} clips)", "", md_table(header, rows), ""]
+        note = ", null subset left out" if sl == "all" else ""
+        out += [f"## slice: {sl} ({n} clips{note})", "", md_table(header, rows), ""]
     if meta.get("dataset") == "avsbench":
         rows = [[name, *[f"{v[0]:.2f} ({v[1]:.1f}) / {v[2]:.3f} ({v[3]:.1f})" for v in conds.values()]]
                 for name, conds in PUBLISHED_PREFERENCE.items()]
@@ -192,9 +193,10 @@ def preference_text(table: pd.DataFrame, conditions: Sequence[str], *, meta: Map
     for sl in dict.fromkeys(table["slice"]):
         header, rows = preference_rows(table[table["slice"] == sl], conditions, markdown=False)
         n = int(table[table["slice"] == sl]["clips"].max())
-        out += ["", f"[slice {sl}: {n} clips]", text_table(header, rows)]
+        note = ", null subset left out" if sl == "all" else ""
+        out += ["", f"[slice {sl}: {n} clips{note}]", text_table(header, rows)]
     mute = table[(table["condition"] == "mute") & (table["slice"] == "all")]
     if not mute.empty:
         cells = ", ".join(f"{r.model} {delta(r.delta_m)}" for r in mute.itertuples())
-        out += ["", f"Delta_m under mute, all clips (higher = listens more): {cells}"]
+        out += ["", f"Delta_m under mute, all sounding clips (higher = listens more): {cells}"]
     return "\n".join(out)
