@@ -58,8 +58,18 @@ eval: setup ## stage 5: metrics and report for the last training run
 preference: setup ## the segmentation-preference test (mute / noise)
 	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-demo: setup ## everything on the offline SynthAVS demo
-	$(MAKE) data captions cues features train eval preference
+# Models the demo trains and compares (the preference test reads every runs/*/export).
+DEMO_VARIANTS ?= teso audio_only
+
+demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_VARIANTS=)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory data captions cues features DATASET=synthavs && \
+	for v in $(DEMO_VARIANTS); do \
+	  $(MAKE) --no-print-directory train VARIANT=$$v && \
+	  $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$$v || exit 1; \
+	done && \
+	$(MAKE) --no-print-directory preference DATASET=synthavs && \
+	echo "demo: finished in $$(( $$(date +%s) - start )) s"
 
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
