@@ -68,8 +68,8 @@ demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_V
 	  $(MAKE) --no-print-directory train VARIANT=$$v && \
 	  $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$$v || exit 1; \
 	done && \
-	$(MAKE) --no-print-directory preference DATASET=synthavs && \
-	echo "demo: finished in $$(( $$(date +%s) - start )) s"
+	echo "demo: stages and training done in $$(( $$(date +%s) - start )) s; the preference test follows" && \
+	$(MAKE) --no-print-directory preference DATASET=synthavs
 
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
