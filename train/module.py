@@ -52,6 +52,11 @@ class TeSOModule(pl.LightningModule):
         metric_protocol: evaluation protocol of ``train/metrics.py`` for the per-stage metrics
             (``avsbench``: threshold 0.5; ``teso``: the official code's 0.4 threshold at 256x256).
         trainable: names of sub-modules of ``net`` to train (None = all); each must exist.
+        pretrained_decoder: a ``Mask2FormerForUniversalSegmentation`` checkpoint (hub id or local
+            directory; the paper's ``facebook/mask2former-swin-base-ade-semantic``) whose pixel and
+            transformer decoder weights are loaded into ``net`` when fitting starts, frozen except the
+            adapters (``TeSO.load_pretrained_decoder``). Loaded in ``setup("fit")``, i.e. before a
+            resumed checkpoint is restored over it; exports and evaluation never read it.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class TeSOModule(pl.LightningModule):
         class_weight: float = 1.0,
         metric_protocol: str = "avsbench",
         trainable: list[str] | None = None,
+        pretrained_decoder: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
@@ -95,6 +101,11 @@ class TeSOModule(pl.LightningModule):
             self.net.requires_grad_(False)
             for n in trainable:
                 names[n].requires_grad_(True)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.pretrained_decoder and not getattr(self, "_decoder_loaded", False):
+            self.net.load_pretrained_decoder(self.hparams.pretrained_decoder, freeze=True)
+            self._decoder_loaded = True
 
     def metric(self, stage: str) -> AVSMetric:
         return getattr(self, f"{stage}_metric")
