@@ -124,6 +124,12 @@ class LLMCues:
         return out
 
 
+def _vocabulary_source_config(source: "VocabMatchCues | OracleCues") -> dict[str, Any]:
+    """Fingerprinted config of a cue source that needs no model: its name, vocabulary and K."""
+    return {"source": source.name, "vocabulary_hash": text_hash(canonical_json(source.vocabulary.table)),
+            "max_cues": source.max_cues, "normalization": NORMALIZATION_VERSION}
+
+
 @dataclass
 class VocabMatchCues:
     """Baseline: category names and synonyms mentioned in the caption (no LLM)."""
@@ -133,8 +139,7 @@ class VocabMatchCues:
     name: str = "vocab-match"
 
     def config(self) -> dict[str, Any]:
-        return {"source": self.name, "vocabulary_hash": text_hash(canonical_json(self.vocabulary.table)),
-                "max_cues": self.max_cues, "normalization": NORMALIZATION_VERSION}
+        return _vocabulary_source_config(self)
 
     def answer(self, captions: list[str]) -> list[CueAnswer]:
         out = []
@@ -153,8 +158,7 @@ class OracleCues:
     name: str = "oracle"
 
     def config(self) -> dict[str, Any]:
-        return {"source": self.name, "vocabulary_hash": text_hash(canonical_json(self.vocabulary.table)),
-                "max_cues": self.max_cues, "normalization": NORMALIZATION_VERSION}
+        return _vocabulary_source_config(self)
 
     def answer_labels(self, labels: list[list[str]]) -> list[CueAnswer]:
         out = []

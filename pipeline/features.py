@@ -36,7 +36,7 @@ from pipeline.encoders.logmel import waveform_to_examples
 from pipeline.encoders.visual import LEVELS, build_visual, normalise  # torch is imported lazily inside
 from pipeline.encoders.text import build_text
 from pipeline.encoders.yamnet import YAMNetEncoder
-from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage, StageResult, latest, print_summary, read_stage, run_stage
+from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage, StageResult, latest, print_summary, read_card, read_stage, run_stage
 from pipeline.store import CUE_TABLE, CUE_VOCAB, finish_cache
 
 FEATURES_VERSION = 1
@@ -449,9 +449,9 @@ def run_text(manifest: Manifest, encoder, *, cue_set: str, cues_dir: str | Path 
              dataset: str, max_cues: int = MAX_CUES, **run_kw) -> StageResult:
     """Text features for one cue set; the cue stage's directory defaults to its ``latest-<cue_set>.json``."""
     cues_dir = Path(cues_dir) if cues_dir else latest(cache_root, dataset, "cues", cue_set)
-    cue_card = json.loads((cues_dir / "card.json").read_text()) if (cues_dir / "card.json").exists() else {}
-    stage = TextStage(encoder, read_stage(cues_dir), cue_set=cue_set, source=str(cues_dir), max_cues=max_cues)
-    inputs = {"manifest": manifest.fingerprint, "cues": cue_card.get("fingerprint", cues_dir.name)}
+    cue_rows = read_stage(cues_dir)  # refuses an unfinished cue stage, so its card exists below
+    stage = TextStage(encoder, cue_rows, cue_set=cue_set, source=str(cues_dir), max_cues=max_cues)
+    inputs = {"manifest": manifest.fingerprint, "cues": read_card(cues_dir)["fingerprint"]}
     res = run_stage(stage, frame_items(manifest), cache_root=cache_root, dataset=dataset, inputs=inputs, tag=cue_set, **run_kw)
     if res.complete and not ((res.out_dir / CUE_TABLE).exists() and (res.out_dir / CUE_VOCAB).exists()):
         if stage.table is None:  # shards finished in an earlier run that died before the table was stored
@@ -471,7 +471,7 @@ def report(res: StageResult, label: str, file=sys.stderr) -> int:
     print_summary(res, label, file=file)
     if not res.complete:
         return 0
-    card = json.loads((res.out_dir / "card.json").read_text())
+    card = read_card(res.out_dir)
     per_frame = sum(math.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in card["arrays"].values())
     size = dir_bytes(res.out_dir)
     print(f"[{label}] {per_frame} bytes/frame x {card['n_items']} frames; cache {size / 2**20:.1f} MiB "

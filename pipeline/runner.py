@@ -272,7 +272,7 @@ def read_stage(out_dir: str | Path) -> pd.DataFrame:
         card = out_dir / CARD
         raise StageError(f"{out_dir}: stage output is incomplete (no {COMPLETED}"
                          f"{'' if card.exists() else ', no ' + CARD}); run the stage again to finish it")
-    return read_shards(out_dir, json.loads((out_dir / CARD).read_text())["n_shards"])
+    return read_shards(out_dir, read_card(out_dir)["n_shards"])
 
 
 def read_card(out_dir: str | Path) -> dict[str, Any]:
