@@ -157,6 +157,7 @@ class TeSO(nn.Module):
         cue_emb: torch.Tensor | None = None,
         cue_mask: torch.Tensor | None = None,
         output_size: tuple[int, int] | None = None,
+        frames: torch.Tensor | None = None,
     ) -> TeSOOutput:
         """
         Args:
@@ -166,9 +167,12 @@ class TeSO(nn.Module):
             cue_mask: ``[N, K]`` bool, True for a real cue.
             output_size: ``(H', W')`` to bilinearly upsample ``mask_logits``/``semantic_scores`` to
                 (e.g. the ground-truth mask size); None keeps the mask-feature resolution.
+            frames: ``[N']`` long row indices into the N frames: only these are decoded (training-time
+                frame sampling). The prompts are still built from every second of each clip's audio,
+                so a decoded frame sees exactly what it would see with ``frames=None``. None = all.
 
         Returns:
-            ``TeSOOutput``.
+            ``TeSOOutput``; its per-frame tensors have N' rows (the ``frames`` order) when ``frames`` is given.
         """
         if audio.dim() != 3 or audio.shape[-1] != self.audio_dim:
             raise ValueError(f"audio must be [B, T, {self.audio_dim}] (model config audio_dim), got {tuple(audio.shape)}")
@@ -181,8 +185,16 @@ class TeSO(nn.Module):
             if cue_emb.shape[-1] != self.text_dim:
                 raise ValueError(f"cue_emb must be [N, K, {self.text_dim}] (model config text_dim), got {tuple(cue_emb.shape)}")
         prompt = self.sedam(audio=audio, cue_emb=cue_emb, cue_mask=cue_mask)
+        prompts, prompt_bias = prompt.prompts, prompt.prompt_bias
+        if frames is not None:
+            if frames.dim() != 1 or (frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= n)):
+                raise ValueError(f"frames must be [N'] indices in [0, {n}), got {tuple(frames.shape)}")
+            # the decoder is the per-frame cost; SeDAM already saw the whole clip
+            visual = [v[frames] for v in visual]
+            prompts, prompt_bias = prompts[frames], prompt_bias[frames]
+            n = frames.numel()
         queries, query_pos = self.decoder.initial_queries(n)
-        queries = self.pmqs(queries=queries, query_pos=query_pos, prompts=prompt.prompts, prompt_bias=prompt.prompt_bias)
+        queries = self.pmqs(queries=queries, query_pos=query_pos, prompts=prompts, prompt_bias=prompt_bias)
         dec = self.decoder(features=visual, query_features=queries)
         masks, classes = dec.masks_queries_logits[-1], dec.class_queries_logits[-1]
         logits = binary_logits(masks, classes, mode=self.binary_head)  # (N, h, w)

@@ -170,3 +170,19 @@ def test_overfits_one_batch(variant):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("variant", ["teso", "audio_only", "official"])
+def test_decoding_a_subset_of_frames_equals_those_rows_of_the_full_output(variant):
+    net = _net(**VARIANTS[variant]).eval()
+    x = inputs()
+    full = net(**x, output_size=(16, 16))
+    frames = torch.tensor([0, 2, N - 1])
+    sub = net(**x, output_size=(16, 16), frames=frames)
+    assert sub.mask_logits.shape == (3, 16, 16) and sub.query_masks.shape[0] == 3
+    torch.testing.assert_close(sub.mask_logits, full.mask_logits[frames], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sub.class_logits, full.class_logits[frames], atol=1e-5, rtol=1e-4)
+    # SeDAM still saw every second of each clip: its pooled outputs are unchanged
+    torch.testing.assert_close(sub.sedam.audio_pooled, full.sedam.audio_pooled)
+    with pytest.raises(ValueError, match="frames must be"):
+        net(**x, frames=torch.tensor([N]))

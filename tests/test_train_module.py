@@ -80,3 +80,28 @@ def test_non_finite_loss_names_the_clips(batch):
     bad = dataclasses.replace(batch, audio=torch.full_like(batch.audio, float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"train000.*train001"):
         module._shared_step(bad, "train")
+
+
+def test_train_frames_decodes_k_frames_per_clip_and_scores_them_against_their_own_masks(batch):
+    module = make_module(train_frames=2)
+    torch.manual_seed(3)
+    frames = module.sample_frames(batch)
+    t = batch.clip_len
+    assert frames.shape == (2 * batch.num_clips,)
+    per_clip = frames.view(batch.num_clips, 2)
+    assert ((per_clip // t) == torch.arange(batch.num_clips)[:, None]).all()  # clip-major, each clip its own frames
+    assert (per_clip[:, 0] < per_clip[:, 1]).all()
+    # the loss on the sampled frames equals the loss of a batch made of only those frames' targets
+    out = module(batch, frames)
+    assert out.mask_logits.shape[0] == frames.numel()
+    terms = module.compute_losses(out, batch, frames)
+    flipped = dataclasses.replace(batch, masks=batch.masks.clone())
+    keep = torch.zeros(batch.masks.shape[0], dtype=torch.bool)
+    keep[frames] = True
+    flipped.masks[~keep] = 1 - flipped.masks[~keep]  # frames not decoded must not matter
+    terms_flipped = module.compute_losses(out, flipped, frames)
+    for k in terms:
+        torch.testing.assert_close(terms[k], terms_flipped[k])
+    assert make_module(train_frames=t).sample_frames(batch) is None  # k >= T: every frame
+    with pytest.raises(ValueError, match="train_frames"):
+        make_module(train_frames=0)

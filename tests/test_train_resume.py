@@ -33,9 +33,11 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_resumed_run_ends_with_the_same_weights(tiny):
     root, cfg = tiny
-    fit(root, cfg, "straight", "--trainer.max_epochs", "3")
-    fit(root, cfg, "resumed", "--trainer.max_epochs", "1", "--ckpt_path", "last")  # no last.ckpt yet: from scratch
-    cli = fit(root, cfg, "resumed", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    # dropout and the per-step frame sampling both draw from the RNG that resuming must restore
+    sampled = ("--model.train_frames", "2")
+    fit(root, cfg, "straight", "--trainer.max_epochs", "3", *sampled)
+    fit(root, cfg, "resumed", "--trainer.max_epochs", "1", "--ckpt_path", "last", *sampled)  # no last.ckpt yet: from scratch
+    cli = fit(root, cfg, "resumed", "--trainer.max_epochs", "3", "--ckpt_path", "last", *sampled)
     assert cli.trainer.current_epoch == 3
     a = weights(root / "runs/straight/checkpoints/last.ckpt")
     b = weights(root / "runs/resumed/checkpoints/last.ckpt")
@@ -43,7 +45,7 @@ def test_resumed_run_ends_with_the_same_weights(tiny):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # and training did change the weights (the comparison is not between two untouched inits)
-    first = fit(root, cfg, "one", "--trainer.max_epochs", "1")
+    first = fit(root, cfg, "one", "--trainer.max_epochs", "1", *sampled)
     assert any(not torch.equal(v, first.model.state_dict()[k]) for k, v in a.items() if k.startswith("net."))
 
 

@@ -52,6 +52,11 @@ class TeSOModule(pl.LightningModule):
         metric_protocol: evaluation protocol of ``train/metrics.py`` for the per-stage metrics
             (``avsbench``: threshold 0.5; ``teso``: the official code's 0.4 threshold at 256x256).
         trainable: names of sub-modules of ``net`` to train (None = all); each must exist.
+        train_frames: frames per clip decoded in each training step, drawn at random (seeded by the
+            step, so a resumed run draws the same) from the clip's T frames; SeDAM still reads all T
+            seconds of audio. None = every frame (the paper). The decoder is the per-frame cost, so
+            k < T makes a step about T/k times cheaper; neighbouring frames of a clip are near
+            duplicates. Validation and test always decode every frame.
         pretrained_decoder: a ``Mask2FormerForUniversalSegmentation`` checkpoint (hub id or local
             directory; the paper's ``facebook/mask2former-swin-base-ade-semantic``) whose pixel and
             transformer decoder weights are loaded into ``net`` when fitting starts, frozen except the
@@ -73,9 +78,12 @@ class TeSOModule(pl.LightningModule):
         class_weight: float = 1.0,
         metric_protocol: str = "avsbench",
         trainable: list[str] | None = None,
+        train_frames: int | None = None,
         pretrained_decoder: str | None = None,
     ) -> None:
         super().__init__()
+        if train_frames is not None and train_frames < 1:
+            raise ValueError(f"model.train_frames must be >= 1 or null, got {train_frames}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer
@@ -110,39 +118,53 @@ class TeSOModule(pl.LightningModule):
     def metric(self, stage: str) -> AVSMetric:
         return getattr(self, f"{stage}_metric")
 
-    def forward(self, batch: AVSBatch) -> Any:
+    def forward(self, batch: AVSBatch, frames: torch.Tensor | None = None) -> Any:
         return self.net(visual=batch.visual, audio=batch.audio, cue_emb=batch.cue_emb, cue_mask=batch.cue_mask,
-                        output_size=tuple(batch.masks.shape[-2:]))
+                        output_size=tuple(batch.masks.shape[-2:]), frames=frames)
 
-    def compute_losses(self, out: Any, batch: AVSBatch) -> dict[str, torch.Tensor]:
+    def sample_frames(self, batch: AVSBatch) -> torch.Tensor | None:
+        """``[B*k]`` clip-major row indices of ``train_frames`` = k frames per clip (sorted within a
+        clip), drawn from torch's global RNG (reseeded per step by the CLI); None = all frames."""
+        k, t = self.hparams.train_frames, batch.clip_len
+        if k is None or k >= t:
+            return None
+        picks = torch.stack([torch.randperm(t)[:k].sort().values for _ in range(batch.num_clips)])  # (B, k)
+        return (picks + torch.arange(batch.num_clips)[:, None] * t).flatten().to(batch.audio.device)
+
+    def compute_losses(self, out: Any, batch: AVSBatch, frames: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss terms switched on (weight > 0) and applicable to this batch, before their weights.
 
+        ``frames``: the rows ``out`` was decoded for (``sample_frames``), None = all.
         ``aux`` is already the BCE- and dice-weighted sum over the earlier decoder stages.
         """
         terms: dict[str, torch.Tensor] = {}
-        valid = batch.mask_valid
+        masks, valid, class_masks = batch.masks, batch.mask_valid, batch.class_masks
+        if frames is not None:
+            masks, valid = masks[frames], valid[frames]
+            class_masks = None if class_masks is None else class_masks[frames]
         logits = out.mask_logits
         if self.weights["bce"] > 0:
-            terms["bce"] = losses.sigmoid_bce(logits, batch.masks, valid=valid)
+            terms["bce"] = losses.sigmoid_bce(logits, masks, valid=valid)
         if self.weights["dice"] > 0:
-            terms["dice"] = losses.dice_loss(logits, batch.masks, valid=valid)
+            terms["dice"] = losses.dice_loss(logits, masks, valid=valid)
         if self.weights["aux"] > 0 and getattr(out, "aux_mask_logits", None):
-            terms["aux"] = sum(self.weights["bce"] * losses.sigmoid_bce(a, batch.masks, valid=valid)
-                               + self.weights["dice"] * losses.dice_loss(a, batch.masks, valid=valid)
+            terms["aux"] = sum(self.weights["bce"] * losses.sigmoid_bce(a, masks, valid=valid)
+                               + self.weights["dice"] * losses.dice_loss(a, masks, valid=valid)
                                for a in out.aux_mask_logits)
         sedam = out.sedam
         if self.infonce is not None and sedam.text_pooled is not None:  # one clip: no negatives, loss 0
             terms["infonce"] = self.infonce(sedam.audio_pooled, sedam.text_pooled)
-        if self.set_criterion is not None and batch.class_masks is not None:
+        if self.set_criterion is not None and class_masks is not None:
             parts = self.set_criterion(query_masks=out.query_masks, class_logits=out.class_logits,
-                                       class_masks=batch.class_masks, valid=valid, aux_query_masks=out.aux_query_masks,
+                                       class_masks=class_masks, valid=valid, aux_query_masks=out.aux_query_masks,
                                        aux_class_logits=out.aux_class_logits)
             terms["class"] = sum(parts.values())
         return terms
 
     def _shared_step(self, batch: AVSBatch, stage: str) -> torch.Tensor:
-        out = self(batch)
-        terms = self.compute_losses(out, batch)
+        frames = self.sample_frames(batch) if stage == "train" else None
+        out = self(batch, frames)
+        terms = self.compute_losses(out, batch, frames)
         loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -157,7 +179,11 @@ class TeSOModule(pl.LightningModule):
         if stage == "train" and self.infonce is not None:
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
         metric = self.metric(stage)
-        metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        if frames is None:
+            metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        else:
+            metric.update(out.mask_logits.detach().float(), batch.masks[frames], clip_len=frames.numel() // batch.num_clips,
+                          valid=batch.mask_valid[frames])
         if stage == "train":
             # scored per batch and averaged over the epoch: memory stays flat however long the epoch
             # (the metric keeps per-frame counts); val/test accumulate their whole split
