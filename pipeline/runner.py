@@ -291,8 +291,10 @@ def latest(cache_root: str | Path, dataset: str, stage: str, tag: str | None = N
     return Path(json.loads(ptr.read_text())["dir"])
 
 
-def print_summary(result: StageResult, stage_name: str, *, file=sys.stderr, limit: int = 20) -> None:
-    """End-of-stage report: rows, time, whether work was skipped, and each failure by name."""
+def print_summary(result: StageResult, stage_name: str, *, file=None, limit: int = 20) -> None:
+    """End-of-stage report: rows, time, whether work was skipped, and each failure by name (to ``file``,
+    default the current ``sys.stderr``, looked up at call time so redirections apply)."""
+    file = file or sys.stderr
     state = "already complete, nothing loaded" if result.skipped else f"{result.elapsed_s:.1f}s"
     if not result.complete:
         print(f"[{stage_name}] this process's shards are done ({state}); other shards pending in {result.out_dir}", file=file)
