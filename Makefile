@@ -44,8 +44,19 @@ captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, 
 cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=cot,direct,vocab,oracle; CUE_ARGS=)
 	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
 
-features: setup ## stage 3: audio, visual and text-cue features (DATASET=)
-	$(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40 $(FEATURE_ARGS)
+# Processes of the features stage: each takes its share of the shards (RANK/WORLD_SIZE, one torch
+# thread each on CPU); the last one to finish writes the cards. The final call only checks that every
+# cache is complete and prints the sizes (nothing is recomputed, no model loaded).
+FEATURE_JOBS ?= 2
+FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40 $(FEATURE_ARGS)
+
+features: setup ## stage 3: audio, visual and text-cue features (DATASET=, FEATURE_JOBS=)
+	@pids=; for r in $$(seq 1 $$(( $(FEATURE_JOBS) - 1 ))); do \
+	  RANK=$$r WORLD_SIZE=$(FEATURE_JOBS) $(FEATURES_CMD) --no-progress > $(CACHE)/features-rank$$r.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	RANK=0 WORLD_SIZE=$(FEATURE_JOBS) $(FEATURES_CMD) || exit 1; \
+	for p in $$pids; do wait $$p || { echo "a features process failed: see $(CACHE)/features-rank*.log"; exit 1; }; done
+	$(FEATURES_CMD)
 
 train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., RUN=, CONFIGS=, TRAIN_ARGS=)
 	$(PY) -m train fit --config configs/trainer/cpu.yaml --config configs/data/synthavs.yaml \
