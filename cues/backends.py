@@ -1,9 +1,10 @@
 """LLM backends that answer chat conversations, optionally constrained by a JSON schema.
 
-* ``transformers`` (default): ``AutoModelForCausalLM`` with the model's chat template, batched
-  greedy generation with left padding, GGUF checkpoints through ``gguf_file``; structured
-  output through xgrammar's transformers logits processor (the library vLLM uses), which
-  works on CPU, so even the 135M offline model always returns parseable JSON.
+* ``transformers`` (default): ``AutoModelForCausalLM`` with the model's chat template, GGUF
+  checkpoints through ``gguf_file``; batched greedy decoding by :mod:`cues.generation` (the
+  prompts' shared prefix computed once, continuous batching); structured output through an
+  xgrammar matcher per row (the library vLLM uses), which works on CPU, so even the 135M
+  offline model always returns parseable JSON.
 * ``vllm`` (optional extra, GPU): offline ``LLM.chat`` with
   ``SamplingParams(structured_outputs=StructuredOutputsParams(json=...))``; imported only here.
 
@@ -20,69 +21,6 @@ from cues.hub import SMOLLM2, ResolvedModel, load_pretrained, resolve_model
 
 LLM_BACKENDS = ("transformers", "vllm")
 Conversation = list[dict[str, str]]
-
-
-class RepetitionGuard:
-    """Stop a sequence whose generated tail is one block of ``p`` tokens repeated ``repeats`` times.
-
-    A small model otherwise loops until ``max_new_tokens`` (stack.md §3). The check looks
-    only at each sequence's own tokens, so batched and one-at-a-time outputs stay identical.
-    """
-
-    def __init__(self, prompt_len: int, *, max_period: int = 12, repeats: int = 4, single_token_repeats: int = 16):
-        self.prompt_len, self.max_period = prompt_len, max_period
-        self.repeats, self.single_token_repeats = repeats, single_token_repeats
-
-    def looping(self, gen: list[int]) -> bool:
-        for p in range(1, self.max_period + 1):
-            r = self.single_token_repeats if p == 1 else self.repeats
-            if len(gen) >= p * r and gen[-p:] * r == gen[-p * r:]:
-                return True
-        return False
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        done = [self.looping(row[self.prompt_len:].tolist()) for row in input_ids]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class SchemaLogitsProcessor:
-    """xgrammar JSON-schema masking for a batch, tolerant of rows that already stopped.
-
-    xgrammar's own ``contrib.hf.LogitsProcessor`` asserts that every row's last token is
-    grammatical; a row stopped by :class:`RepetitionGuard` is then fed pad tokens, which are
-    not. Such a row is marked finished here and left unmasked (its output is pad anyway).
-    """
-
-    def __init__(self, compiled_grammar):
-        self.compiled = compiled_grammar
-        self.matchers: list = []
-        self.alive: list[bool] = []
-        self.bitmask = None
-        self.started = False
-
-    def __call__(self, input_ids, scores):
-        import xgrammar as xgr
-
-        if not self.matchers:
-            self.matchers = [xgr.GrammarMatcher(self.compiled) for _ in range(input_ids.shape[0])]
-            self.alive = [True] * len(self.matchers)
-            self.bitmask = xgr.allocate_token_bitmask(len(self.matchers), self.compiled.tokenizer_info.vocab_size)
-        if self.started:
-            for i, m in enumerate(self.matchers):
-                if self.alive[i] and not m.is_terminated() and not m.accept_token(int(input_ids[i, -1])):
-                    self.alive[i] = False
-        self.started = True
-        rows = [i for i, m in enumerate(self.matchers) if self.alive[i] and not m.is_terminated()]
-        for i in rows:
-            self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
-        if rows:
-            device = scores.device
-            scores = scores.to("cpu") if device.type != "cuda" else scores
-            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=rows)
-            scores = scores.to(device)
-        return scores
 
 
 class LLMBackend(ABC):
@@ -106,13 +44,14 @@ class TransformersBackend(LLMBackend):
     name = "transformers"
 
     def __init__(self, *, model: str = SMOLLM2, gguf_file: str | None = None, max_new_tokens: int = 160,
-                 batch_size: int = 8, device: str | None = None, repetition_guard: bool = True):
+                 batch_size: int = 32, device: str | None = None, repetition_guard: bool = True):
         self.model_spec, self.gguf_file = model, gguf_file
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.device, self.repetition_guard = device, repetition_guard
         self.resolved: ResolvedModel | None = None
         self.model = self.tokenizer = None
         self._grammars: dict[str, Any] = {}
+        self.decoder = None  # the last call's GreedyDecoder (its stats say what was computed)
 
     def resolve(self) -> ResolvedModel:
         if self.resolved is None:
@@ -130,6 +69,8 @@ class TransformersBackend(LLMBackend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from cues.generation import use_gqa_sdpa
+
         res = self.resolve()
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         kw = {"gguf_file": res.gguf_file} if res.gguf_file else {}
@@ -140,6 +81,7 @@ class TransformersBackend(LLMBackend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.model = load_pretrained(AutoModelForCausalLM, res, dtype=dtype, **kw).to(self.device).eval()
+        use_gqa_sdpa(self.model)
 
     def _grammar(self, schema: dict[str, Any]):
         import xgrammar as xgr
@@ -155,31 +97,20 @@ class TransformersBackend(LLMBackend):
         return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
 
     def generate(self, texts: list[str], schema: dict[str, Any] | None = None) -> list[str]:
-        """Greedy answers for rendered prompts, ``batch_size`` at a time (similar lengths together)."""
-        import torch
-        from transformers import StoppingCriteriaList
+        """Greedy answers for rendered prompts, up to ``batch_size`` decoded together."""
+        from cues.generation import GreedyDecoder, RepetitionGuard
 
         self.load()
         tok = self.tokenizer
-        lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # less padding per batch
-        out: list[str] = [""] * len(texts)
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            # The chat template already holds the special tokens.
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            plen = enc["input_ids"].shape[1]
-            kw: dict[str, Any] = {}
-            if schema is not None:
-                kw["logits_processor"] = [SchemaLogitsProcessor(self._grammar(schema))]
-            if self.repetition_guard:
-                kw["stopping_criteria"] = StoppingCriteriaList([RepetitionGuard(plen)])
-            with torch.inference_mode():
-                seqs = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                           pad_token_id=tok.pad_token_id, **kw)
-            for i, seq in zip(idx, seqs):
-                out[i] = tok.decode(seq[plen:], skip_special_tokens=True)
-        return out
+        # The chat template already holds the special tokens.
+        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tok.eos_token_id}
+        self.decoder = GreedyDecoder(self.model, eos_ids={e for e in eos_ids if e is not None},
+                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                     grammar=self._grammar(schema) if schema is not None else None,
+                                     guard=RepetitionGuard() if self.repetition_guard else None)
+        return [tok.decode(ids, skip_special_tokens=True) for ids in self.decoder(prompts)]
 
     def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]:
         self.load()

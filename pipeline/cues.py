@@ -198,7 +198,7 @@ def run_cues(*, dataset: str, sets: str = DEFAULT_SETS, manifest: str | Path | N
              cache_root: str | Path = "cache", captions_dir: str | Path | None = None,
              llm_backend: str = "transformers", model: str = SMOLLM2, gguf_file: str | None = None,
              vocabulary: str = "closed", structured: bool = True, repair: bool = True,
-             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 8,
+             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 32,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
              ) -> dict[str, StageResult]:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-repair", action="store_true", help="no retry with the repair prompt for unreadable answers")
     p.add_argument("--max-cues", type=int, default=DEFAULT_MAX_CUES)
     p.add_argument("--max-new-tokens", type=int, default=112)
-    p.add_argument("--llm-batch-size", type=int, default=8, help="prompts per generate call")
+    p.add_argument("--llm-batch-size", type=int, default=32, help="answers decoded together (transformers backend)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
     p.add_argument("--batch-size", type=int, default=128,
                    help="rows per runner micro-batch (its distinct captions are asked together, --llm-batch-size at a time)")

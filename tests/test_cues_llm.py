@@ -1,11 +1,11 @@
 """LLM backends: the SmolLM2 GGUF through transformers (batched == one at a time, schema-constrained),
-the repetition guard, and the vllm backend (runs only where vllm imports)."""
+and the vllm backend (runs only where vllm imports)."""
 import importlib.util
 import json
 
 import pytest
 
-from cues.backends import RepetitionGuard, TransformersBackend, VLLMBackend, make_llm_backend
+from cues.backends import TransformersBackend, VLLMBackend, make_llm_backend
 from cues.parse import parse_answer
 from cues.templates import answer_schema, load_template
 
@@ -44,13 +44,6 @@ def test_batched_equals_one_at_a_time_and_parses(smollm2):
         assert set(r.items) <= set(CATS)
     cfg = smollm2.config()
     assert "SmolLM2-135M-Instruct" in cfg["model"] and cfg["max_new_tokens"] == 12
-
-
-def test_repetition_guard_stops_loops_only():
-    g = RepetitionGuard(prompt_len=0, max_period=4, repeats=3, single_token_repeats=5)
-    assert g.looping([7, 1, 2, 1, 2, 1, 2])
-    assert g.looping([9] * 5) and not g.looping([9] * 4)
-    assert not g.looping([1, 2, 3, 4, 5, 6, 1, 2, 3])
 
 
 def test_unknown_backend_and_vllm_without_vllm(tmp_path):
