@@ -97,6 +97,27 @@ class LLMCues:
                                   status="repaired" if p.status != "malformed" else "malformed")
         return results
 
+    def ask_ahead(self, captions: list[str], *, chunk: int) -> int:
+        """Ask every distinct caption the memo lacks, ``chunk`` per LLM call; returns how many.
+
+        The runner's micro-batches hold few new captions each (a clip's frames share theirs,
+        and later batches are mostly memo hits), too few to fill a batched decoder; asked here
+        in large calls first, :meth:`answer` then finds them all in the memo. Each call's
+        answers are memoised when it returns, so a killed run keeps them.
+        """
+        todo: dict[str, str] = {}
+        for c in dict.fromkeys(captions):
+            k = self.key(c)
+            if k not in todo and self.memo.get(k) is None:
+                todo[k] = c
+        keys = list(todo)
+        for b in range(0, len(keys), chunk):
+            part = keys[b:b + chunk]
+            for k, res in zip(part, self._ask([todo[k] for k in part])):
+                self.memo.put(k, res)
+            self.asked += len(part)
+        return len(keys)
+
     def answer(self, captions: list[str]) -> list[CueAnswer]:
         keys = [self.key(c) for c in captions]
         known: dict[str, dict[str, Any]] = {}

@@ -22,6 +22,7 @@ labels, the cue-quality table (:mod:`cues.evaluate`) is printed at the end and w
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,9 @@ class CueStage(Stage):
 
     name = "cues"
 
-    def __init__(self, source: LLMCues | VocabMatchCues | OracleCues, *, batch_size: int = 64):
-        self.source, self.batch_size = source, batch_size
+    def __init__(self, source: LLMCues | VocabMatchCues | OracleCues, *, batch_size: int = 64,
+                 ask_ahead: int = 256):
+        self.source, self.batch_size, self.ask_ahead = source, batch_size, ask_ahead
 
     def config(self) -> dict[str, Any]:
         return self.source.config()
@@ -112,6 +114,21 @@ class CueStage(Stage):
     def setup(self) -> None:
         if isinstance(self.source, LLMCues):
             self.source.backend.load()
+
+    def prepare(self, items: pd.DataFrame) -> None:
+        """LLM sets: ask all distinct captions of the pending rows first, ``ask_ahead`` per call."""
+        if not isinstance(self.source, LLMCues) or self.ask_ahead <= 0:
+            return
+        captions = items.loc[items["caption_failure"] == "", "caption"].tolist()
+        t0 = time.perf_counter()
+        try:
+            n = self.source.ask_ahead(captions, chunk=self.ask_ahead)
+        except Exception as exc:  # noqa: BLE001 - the micro-batches ask again and record row failures
+            print(f"[cues:{self.source.template.version}] asking ahead failed ({type(exc).__name__}: {exc}); "
+                  "answering batch by batch", file=sys.stderr)
+            return
+        print(f"[cues:{self.source.template.version}] asked {n} distinct captions ahead, up to {self.ask_ahead} "
+              f"per LLM call ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
     def _meta(self) -> tuple[str, str]:
         if isinstance(self.source, LLMCues):

@@ -76,6 +76,14 @@ class Stage(ABC):
     def setup(self) -> None:
         """Load models. Called once, and only when some shard still needs work."""
 
+    def prepare(self, items: pd.DataFrame) -> None:
+        """Called once after :meth:`setup` with all rows this process still has to do.
+
+        For work that pays only over many rows at once (the cue stage asks every distinct
+        caption up front in large LLM calls). It must not be needed for correctness: the
+        micro-batches still produce every row.
+        """
+
     def array_specs(self) -> dict[str, ArraySpec]:
         """Arrays this stage writes per row (known before any row is processed)."""
         return {}
@@ -213,6 +221,7 @@ def run_stage(
     skipped = not todo
     if todo:
         stage.setup()
+        stage.prepare(pd.concat([items.iloc[k * shard_size:(k + 1) * shard_size] for k in todo]))
         total = sum(len(items.iloc[k * shard_size:(k + 1) * shard_size]) for k in todo)
         bar = tqdm(total=total, desc=f"{dataset}/{stage.name}", unit="row", disable=not progress, file=sys.stderr)
         for k in todo:
