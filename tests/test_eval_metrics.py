@@ -128,6 +128,22 @@ def test_metric_object_matches_pure_function_and_drops_invalid_frames():
     assert float(m.compute()["miou"]) == pytest.approx(ref2["miou"], rel=1e-6)
 
 
+def test_metric_clip_ids_stay_distinct_across_ranks(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(12, 8, 8, generator=g) * 3
+    gt = (torch.rand(12, 8, 8, generator=g) > 0.6).float()
+    parts = []
+    for rank in (0, 1):  # what DDP's gather ("cat") gives: each rank's clips 0 and 1, rank 0 first
+        monkeypatch.setattr(M, "_rank_and_world", lambda r=rank: (r, 2))
+        m = M.AVSMetric("avsbench")
+        m.update(logits[6 * rank:6 * rank + 6], gt[6 * rank:6 * rank + 6], clip_len=3)
+        parts.append(m.stats())
+    merged = M.FrameStats(**{k: torch.cat([getattr(p, k) for p in parts]) for k in M.FrameStats.__dataclass_fields__})
+    assert len(torch.unique(merged.clip)) == 4
+    res, ref = M.score_stats(merged, "avsbench"), M.score_binary(logits, gt, clip_len=3)
+    assert res["clips"] == 4 and res["miou"] == pytest.approx(ref["miou"], rel=1e-6)
+
+
 def test_bad_inputs_raise_naming_the_problem():
     x = torch.zeros(4, 2, 2)
     with pytest.raises(M.MetricInputError, match="shape mismatch"):

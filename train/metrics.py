@@ -371,6 +371,14 @@ def avss_scores(confusion: torch.Tensor, frame_iou_sum: torch.Tensor, frame_f_su
 
 
 # ---------------------------------------------------------------- torchmetrics wrappers
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class AVSMetric(Metric):
     """Binary AVS metric of one protocol, accumulated per clip (one object per stage).
 
@@ -392,7 +400,9 @@ class AVSMetric(Metric):
     def update(self, logits: torch.Tensor, masks: torch.Tensor, clip_len: int, valid: torch.Tensor | None = None) -> None:
         check_inputs(logits, masks, clip_len=clip_len, where="AVSMetric.update")
         n = logits.shape[0]
-        clip = self._next_clip + torch.arange(n) // clip_len
+        rank, world = _rank_and_world()
+        # ids interleaved over ranks (local * world + rank), so clips gathered under DDP stay distinct
+        clip = (self._next_clip + torch.arange(n) // clip_len) * world + rank
         self._next_clip += n // clip_len
         if valid is not None:
             keep = torch.as_tensor(valid, dtype=torch.bool, device=logits.device).reshape(n)
