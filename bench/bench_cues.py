@@ -42,7 +42,7 @@ def bench_llm(quick: bool) -> None:
     from cues.templates import answer_schema, load_template
 
     m = read_manifest(ROOT / manifest_path("synthavs"))
-    # The cue stage hands the backend up to 128 distinct captions per call; 48 is such a call.
+    # The cue stage asks up to 256 distinct captions per call; 48 keeps one-at-a-time near 3 min.
     captions = list(dict.fromkeys(m.frames["caption"]))[: 12 if quick else 48]
     cats = list(m.meta["categories"])
     t = load_template("cot-v1")
@@ -68,6 +68,7 @@ def bench_llm(quick: bool) -> None:
     print(f"[bench] shared prompt prefix {s['prefix_tokens']} tokens computed once; own tokens prefilled "
           f"{s['row_prefill_tokens']}; {s['decode_rows']} tokens decoded in {s['decode_steps']} batched steps "
           f"(one at a time: {stats[1]['decode_steps']})", flush=True)
+
 
 def bench_blip(quick: bool) -> None:
     import numpy as np

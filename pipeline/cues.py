@@ -22,8 +22,8 @@ labels, the cue-quality table (:mod:`cues.evaluate`) is printed at the end and w
 from __future__ import annotations
 
 import argparse
-import time
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +218,7 @@ def run_cues(*, dataset: str, sets: str = DEFAULT_SETS, manifest: str | Path | N
              max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 32,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
-             ) -> dict[str, StageResult]:
+             ask_ahead: int = 256) -> dict[str, StageResult]:
     """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load."""
     if vocabulary not in ("closed", "open"):
         raise ValueError(f"--vocabulary {vocabulary!r}: choose closed or open")
@@ -235,7 +235,7 @@ def run_cues(*, dataset: str, sets: str = DEFAULT_SETS, manifest: str | Path | N
                                    tensor_parallel_size=tensor_parallel_size) for s in cue_sets}
     results = {}
     for tag, source in sources.items():
-        results[tag] = run_stage(CueStage(source, batch_size=batch_size), items, cache_root=cache_root, dataset=dataset,
+        results[tag] = run_stage(CueStage(source, batch_size=batch_size, ask_ahead=ask_ahead), items, cache_root=cache_root, dataset=dataset,
                                  inputs={"manifest": m.fingerprint, "captions": captions_fp}, shard_size=shard_size,
                                  num_shards=num_shards, shard_index=shard_index, tag=tag, progress=progress)
     return results
@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-batch-size", type=int, default=32, help="answers decoded together (transformers backend)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
     p.add_argument("--batch-size", type=int, default=128,
-                   help="rows per runner micro-batch (its distinct captions are asked together, --llm-batch-size at a time)")
+                   help="rows per runner micro-batch (LLM sets have asked their distinct captions ahead)")
+    p.add_argument("--ask-ahead", type=int, default=256,
+                   help="distinct captions per LLM call when asking ahead of the micro-batches (0 = off)")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=0)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                        max_cues=a.max_cues, max_new_tokens=a.max_new_tokens, llm_batch_size=a.llm_batch_size,
                        tensor_parallel_size=a.tensor_parallel_size, batch_size=a.batch_size, shard_size=a.shard_size,
                        num_shards=a.num_shards, shard_index=a.shard_index, progress=not a.no_progress,
-                       memo_dir=a.memo_dir)
+                       memo_dir=a.memo_dir, ask_ahead=a.ask_ahead)
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):
