@@ -28,3 +28,19 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     # 4 training clips, batch 2 per process, 2 processes: one step per epoch (two on one process)
     assert last["epoch"] == 1 and last["global_step"] == 2
     assert (tmp_path / "runs/ddp/export/model.safetensors").exists()
+
+
+def test_ddp_nan_on_one_rank_stops_both(tmp_path):
+    # one training clip gives NaN audio: only the rank holding it sees a non-finite loss
+    manifest = write_tiny_dataset(tmp_path, nan_audio_uids=("train002",))
+    cfg = tiny_config(tmp_path, manifest, max_epochs=2)
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "configs/trainer/cpu.yaml", "--config", "configs/model/teso.yaml",
+           "--config", str(cfg), "--config", "configs/experiment/ddp_cpu.yaml", "--data.batch_size", "1",
+           "--runs_dir", str(tmp_path / "runs"), "--run_name", "ddp_nan", "--latest_json", str(tmp_path / "runs/latest.json")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Without the collective check only the rank holding the clip says why; the other one fails on a
+    # lost gloo connection ("Connection closed by peer"), or waits if the failed rank's process lingers.
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "train002" in log and "non-finite train loss on another DDP rank" in log

@@ -7,7 +7,8 @@ stage from ``train/metrics.py`` (the evaluation code's own metric). ``val/miou``
 checkpoint.
 
 A non-finite loss stops training with :class:`NonFiniteLossError` naming the batch's clip uids;
-nothing is saved for that batch, so ``last.ckpt`` stays the last good state.
+nothing is saved for that batch, so ``last.ckpt`` stays the last good state. Under DDP every rank
+stops (the others say that another rank saw it).
 """
 from __future__ import annotations
 
@@ -161,16 +162,33 @@ class TeSOModule(pl.LightningModule):
             terms["class"] = sum(parts.values())
         return terms
 
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every DDP rank, so that all ranks stop together and each says why (a rank
+        that raised alone left the others to fail on a lost connection, or to wait in the next
+        gradient all-reduce while its process lingered)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0.5)
+
     def _shared_step(self, batch: AVSBatch, stage: str) -> torch.Tensor:
         frames = self.sample_frames(batch) if stage == "train" else None
         out = self(batch, frames)
         terms = self.compute_losses(out, batch, frames)
         loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        finite = bool(torch.isfinite(loss))
+        if not self._all_ranks(finite):
             last = self._last_checkpoint()
+            where = f"at epoch {self.current_epoch}, step {self.global_step}"
+            if finite:
+                raise NonFiniteLossError(f"non-finite {stage} loss on another DDP rank {where}; training stopped "
+                                         f"(that rank names the clips), last good checkpoint kept: {last or 'none yet'}")
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
             raise NonFiniteLossError(
-                f"non-finite {stage} loss ({parts}) at epoch {self.current_epoch}, step {self.global_step}, "
+                f"non-finite {stage} loss ({parts}) {where}, "
                 f"batch of clips {batch.uids}; training stopped, last good checkpoint kept: {last or 'none yet'}")
         bs = batch.num_clips
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs, sync_dist=stage != "train")
