@@ -122,8 +122,7 @@ def _slot_layer_class():
 @dataclass
 class _Row:
     prompt: int             # index into the prompts
-    length: int             # cache slots holding this row's real tokens
-    position: int           # position id of the next token fed in
+    length: int             # cache slots holding this row's real tokens = position id of the next token fed in
     tokens: list[int] = field(default_factory=list)
     matcher: Any = None     # xgrammar GrammarMatcher, or None without a schema
 
@@ -265,7 +264,7 @@ class GreedyDecoder:
                 while pending and (len(rows) < self.batch_size or None in rows):
                     i = pending.popleft()
                     row_cache, logits = self._prefill(prefix_cache, plen, prompts[i])
-                    row = _Row(prompt=i, length=len(prompts[i]), position=len(prompts[i]),
+                    row = _Row(prompt=i, length=len(prompts[i]),
                                matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
                     if self._accept(row, self._choose([row], logits)[0]):
                         results[i] = row.tokens
@@ -280,28 +279,22 @@ class GreedyDecoder:
                 live = [k for k, r in enumerate(rows) if r is not None]
                 if not live:
                     continue
-                if len(live) < len(rows) and not pending:  # the tail: drop free slots instead of computing them
+                if len(live) < len(rows):  # no prompt left for the free slots (else refilled above): drop them
                     keep = torch.tensor(live, device=self.device)
                     batch.batch_select_indices(keep)
                     mask, rows = mask[keep], [rows[k] for k in live]
-                if mask.shape[1] > max(r.length for r in rows if r is not None) + self.compact_slack:
-                    mask = self._compact(batch, mask, [r for r in rows if r is not None])
-                # one step for every slot (a free slot, if any, decodes a pad token that nobody reads)
-                ids = torch.tensor([[r.tokens[-1] if r else 0] for r in rows], device=self.device)
-                pos = torch.tensor([[r.position if r else 0] for r in rows], device=self.device)
+                if mask.shape[1] > max(r.length for r in rows) + self.compact_slack:
+                    mask = self._compact(batch, mask, rows)
+                ids = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+                pos = torch.tensor([[r.length] for r in rows], device=self.device)
                 mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.bool, device=self.device)], 1)
                 out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask.long(), past_key_values=batch,
                                  use_cache=True)
                 self.stats["decode_steps"] += 1
-                live = [k for k, r in enumerate(rows) if r is not None]
-                self.stats["decode_rows"] += len(live)
-                chosen = self._choose([rows[k] for k in live], out.logits[live, -1].float())
-                for k, token in zip(live, chosen):
-                    r = rows[k]
+                self.stats["decode_rows"] += len(rows)
+                for k, (r, token) in enumerate(zip(rows, self._choose(rows, out.logits[:, -1].float()))):
                     r.length += 1
-                    r.position += 1
                     if self._accept(r, token):
                         results[r.prompt] = r.tokens
-                        rows[k] = None
-                        mask[k] = False
+                        rows[k] = None  # its slot's mask is reset when refilled, or the slot dropped
         return results  # type: ignore[return-value]
