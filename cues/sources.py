@@ -97,6 +97,14 @@ class LLMCues:
                                   status="repaired" if p.status != "malformed" else "malformed")
         return results
 
+    def _ask_new(self, todo: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Ask memo misses ``{key: caption}`` in one LLM call; memoise and count them."""
+        answers = dict(zip(todo, self._ask(list(todo.values())))) if todo else {}
+        for k, res in answers.items():
+            self.memo.put(k, res)
+        self.asked += len(todo)
+        return answers
+
     def ask_ahead(self, captions: list[str], *, chunk: int) -> int:
         """Ask every distinct caption the memo lacks, ``chunk`` per LLM call; returns how many.
 
@@ -112,10 +120,7 @@ class LLMCues:
                 todo[k] = c
         keys = list(todo)
         for b in range(0, len(keys), chunk):
-            part = keys[b:b + chunk]
-            for k, res in zip(part, self._ask([todo[k] for k in part])):
-                self.memo.put(k, res)
-            self.asked += len(part)
+            self._ask_new({k: todo[k] for k in keys[b:b + chunk]})
         return len(keys)
 
     def answer(self, captions: list[str]) -> list[CueAnswer]:
@@ -130,11 +135,7 @@ class LLMCues:
                 known[k] = hit
             else:
                 todo[k] = c
-        if todo:
-            for k, res in zip(todo, self._ask(list(todo.values()))):
-                self.memo.put(k, res)
-                known[k] = res
-        self.asked += len(todo)
+        known.update(self._ask_new(todo))
         self.rows_seen += len(captions)
         out = []
         for k in keys:
