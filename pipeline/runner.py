@@ -221,11 +221,11 @@ def run_stage(
     skipped = not todo
     if todo:
         stage.setup()
-        stage.prepare(pd.concat([items.iloc[k * shard_size:(k + 1) * shard_size] for k in todo]))
-        total = sum(len(items.iloc[k * shard_size:(k + 1) * shard_size]) for k in todo)
-        bar = tqdm(total=total, desc=f"{dataset}/{stage.name}", unit="row", disable=not progress, file=sys.stderr)
-        for k in todo:
-            chunk = items.iloc[k * shard_size:(k + 1) * shard_size]
+        chunks = {k: items.iloc[k * shard_size:(k + 1) * shard_size] for k in todo}
+        stage.prepare(pd.concat(chunks.values()))
+        bar = tqdm(total=sum(map(len, chunks.values())), desc=f"{dataset}/{stage.name}", unit="row",
+                   disable=not progress, file=sys.stderr)
+        for k, chunk in chunks.items():
             outputs = []
             for b in range(0, len(chunk), stage.batch_size):
                 batch = chunk.iloc[b:b + stage.batch_size]
