@@ -134,7 +134,7 @@ def test_metric_clip_ids_stay_distinct_across_ranks(monkeypatch):
     gt = (torch.rand(12, 8, 8, generator=g) > 0.6).float()
     parts = []
     for rank in (0, 1):  # what DDP's gather ("cat") gives: each rank's clips 0 and 1, rank 0 first
-        monkeypatch.setattr(M, "_rank_and_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(M, "rank_and_world", lambda r=rank: (r, 2))
         m = M.AVSMetric("avsbench")
         m.update(logits[6 * rank:6 * rank + 6], gt[6 * rank:6 * rank + 6], clip_len=3)
         parts.append(m.stats())

@@ -371,7 +371,8 @@ def avss_scores(confusion: torch.Tensor, frame_iou_sum: torch.Tensor, frame_f_su
 
 
 # ---------------------------------------------------------------- torchmetrics wrappers
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """This process's (rank, world size) in torch.distributed; (0, 1) outside it."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -400,7 +401,7 @@ class AVSMetric(Metric):
     def update(self, logits: torch.Tensor, masks: torch.Tensor, clip_len: int, valid: torch.Tensor | None = None) -> None:
         check_inputs(logits, masks, clip_len=clip_len, where="AVSMetric.update")
         n = logits.shape[0]
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         # ids interleaved over ranks (local * world + rank), so clips gathered under DDP stay distinct
         clip = (self._next_clip + torch.arange(n) // clip_len) * world + rank
         self._next_clip += n // clip_len

@@ -22,7 +22,7 @@ from torch import nn
 
 from model import losses
 from train.batch import AVSBatch
-from train.metrics import AVSMetric
+from train.metrics import AVSMetric, rank_and_world
 
 MONITOR = "val/miou"
 LAST = "last"  # checkpoint file name of the last completed epoch (resume point)
@@ -168,7 +168,7 @@ class TeSOModule(pl.LightningModule):
         gradient all-reduce while its process lingered)."""
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if rank_and_world()[1] == 1:
             return ok
         flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
