@@ -149,9 +149,9 @@ def test_default_plan_has_the_designed_bias_and_measurable_slices():
     assert all(p[c] >= 0.8 for c in USUAL), p
     assert all(p[c] <= 0.2 for c in RARE), p
     test = [c for c in clips if c["split"] == "test"]
-    slices = Counter(synthavs._slice(c["subset"], list(c["objects"]), on) for c in test for on in c["sounding"])
+    slices = Counter(synthavs.frame_slice(c["subset"], list(c["objects"]), on) for c in test for on in c["sounding"])
     counter_clips = {c["uid"] for c in test for on in c["sounding"]
-                     if synthavs._slice(c["subset"], list(c["objects"]), on) == "counter_bias"}
+                     if synthavs.frame_slice(c["subset"], list(c["objects"]), on) == "counter_bias"}
     assert sum(c["subset"] == "null" for c in test) >= 20 and len(counter_clips) >= 20, slices
     assert len({c["caption"] for c in clips}) <= 180  # the LLM cost of the demo's cue stage
     # the balanced test split: a usual sounder is no more likely to sound than the others
@@ -165,7 +165,7 @@ def test_default_plan_has_the_designed_bias_and_measurable_slices():
 
 
 def test_sound_bank_is_deterministic_and_not_sine_waves():
-    from pipeline.media_sounds import SAMPLE_RATE, render_bank
+    from pipeline.synthavs.sounds import SAMPLE_RATE, render_bank
 
     cats = ["guitar", "drums", "woman", "bell"]
     a, b = render_bank(cats), render_bank(cats)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.synthavs.config import FLOOR_FROM, STAND_FROM, SynthConfig
+
 SKIN = (233, 188, 150)
 # Relative sprite size per category (the box side is base size x this factor).
 SIZE_FACTOR = {"guitar": 1.0, "piano": 1.25, "violin": 0.75, "trumpet": 0.95, "flute": 1.0, "drums": 0.95,
@@ -274,3 +276,53 @@ def background(size: int, rng: np.random.Generator) -> np.ndarray:
     img = np.where((yy < horizon)[..., None], wall * stripes[..., None], floor * planks[..., None])
     img = img + rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- layout
+
+def layout(cfg: SynthConfig, clip: dict, rng: np.random.Generator) -> list[dict]:
+    """Sprites and base positions such that every object keeps enough of itself visible."""
+    H = cfg.image_size
+    placed: list[dict] = []
+    for c in clip["draw_order"]:
+        size = int(rng.integers(*cfg.object_size) * SIZE_FACTOR[c])
+        angle = float(rng.choice([90.0, -90.0]) + rng.uniform(-12, 12))
+        img = sprite(c, size, clip["objects"][c] == "active", rng, idle_angle=angle)
+        alpha = np.asarray(img)[..., 3] > 0
+        h, w = alpha.shape
+        m = cfg.jitter_px
+        # idle objects lie on the floor (their bottom in the lower part of the room)
+        top = int((FLOOR_FROM if clip["objects"][c] == "idle" else STAND_FROM) * H)
+        y_lo = max(m, min(top - (h if clip["objects"][c] == "idle" else 0), H - h - m - 1))
+        for _attempt in range(60):
+            x = int(rng.integers(m, max(m + 1, H - w - m)))
+            y = int(rng.integers(y_lo, max(y_lo + 1, H - h - m)))
+            cand = placed + [{"category": c, "img": img, "alpha": alpha, "x": x, "y": y}]
+            if all(f >= cfg.min_visible_fraction for f in visible_fractions(cand, H)):
+                break
+        placed = cand
+    return placed
+
+
+def visible_fractions(objs: list[dict], H: int, offsets=None) -> list[float]:
+    owner = np.full((H, H), -1, np.int16)
+    for k, o in enumerate(objs):
+        dx, dy = offsets[k] if offsets is not None else (0, 0)
+        paint(owner, o["alpha"], o["x"] + dx, o["y"] + dy, k)
+    return [float((owner == k).sum()) / max(1, int(o["alpha"].sum())) for k, o in enumerate(objs)]
+
+
+def paint(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, value) -> None:
+    """Write ``value`` where ``alpha`` is set, clipping the sprite to the canvas."""
+    H, W = canvas.shape[:2]
+    h, w = alpha.shape
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x0 >= x1 or y0 >= y1:
+        return
+    a = alpha[y0 - y:y1 - y, x0 - x:x1 - x]
+    region = canvas[y0:y1, x0:x1]
+    if np.ndim(value) == 0:
+        region[a] = value
+    else:
+        region[a] = value[y0 - y:y1 - y, x0 - x:x1 - x][a]
+

@@ -22,6 +22,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from pipeline.synthavs.config import KIND, PEAK_MAX, SynthConfig
+
 SAMPLE_RATE = 16000
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 FREEDESKTOP = Path("/usr/share/sounds/freedesktop/stereo")
@@ -165,3 +167,51 @@ def render_bank(categories: list[str]) -> dict[str, list[np.ndarray]]:
             else:
                 raise KeyError(f"no sound source for category {c!r}")
     return bank
+
+
+# ----------------------------------------------------------------------------- the clip mix
+
+BANK: dict[str, list[np.ndarray]] = {}
+
+
+def init_worker(bank: dict[str, list[np.ndarray]]) -> None:
+    BANK.clear()
+    BANK.update(bank)
+
+
+
+def render_audio(cfg: SynthConfig, clip: dict, rng: np.random.Generator) -> np.ndarray:
+    sr = SAMPLE_RATE
+    n = cfg.frames * sr
+    # Room tone: pink-ish noise (1/f power) at a low random level, always present.
+    spec = np.fft.rfft(rng.normal(size=n))
+    spec /= np.sqrt(np.maximum(np.arange(len(spec)), 1.0))
+    noise = np.fft.irfft(spec, n)
+    noise *= rng.uniform(*cfg.noise_rms) / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
+    out = noise.astype(np.float64)
+    gains = {c: rng.uniform(*cfg.object_gain) for c in clip["objects"]}
+    events_per_second = {"instrument": (2, 4), "speech": (1, 2), "effect": (2, 4)}
+
+    def add(category: str, second: int, gain: float) -> None:
+        lo, hi = events_per_second[KIND[category]]
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            ev = BANK[category][int(rng.integers(len(BANK[category])))]
+            start = second * sr + int(rng.integers(0, int(0.6 * sr)))
+            end = min((second + 1) * sr, start + len(ev))  # stays inside its second: labels stay exact
+            seg = ev[: end - start].astype(np.float64) * gain * rng.uniform(0.7, 1.0)
+            fade = min(len(seg), sr // 100)
+            seg[-fade:] *= np.linspace(1, 0, fade)
+            out[start:end] += seg
+
+    for t, on in enumerate(clip["sounding"]):
+        for c in on:
+            add(c, t, gains[c])
+    if clip["offscreen"]:
+        g = rng.uniform(*cfg.offscreen_gain)
+        for t in clip["offscreen"]["seconds"]:
+            add(clip["offscreen"]["category"], t, g)
+    peak = np.abs(out).max()
+    if peak > PEAK_MAX:  # overlapping loud events: scale the whole clip down rather than clip it
+        out *= PEAK_MAX / peak
+    return out.astype(np.float32)
+
