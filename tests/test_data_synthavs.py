@@ -100,6 +100,8 @@ def test_masks_labels_and_captions_agree(tiny):
             assert list(r.labels) == [] and mask.max() == 0 and r.slice == "null"
         elif r.subset == "s4":
             assert len(r.labels) == 1
+        elif r.frame_idx in rec["silent_seconds"]:
+            assert list(r.labels) == [] and mask.max() == 0 and r.slice == "null" and r.split != "test"
         else:
             assert len(r.labels) >= 1 and len(rec["sources"]) >= 2
         # the caption names every visible object and never tells whether anything sounds
@@ -190,3 +192,44 @@ def test_manifest_fingerprint_follows_the_media(tiny, tmp_path):
                            extra={**{k: v for k, v in m.meta.items() if k not in ("data_root", "fingerprint")},
                                   "media_fingerprint": "0" * 16})
     assert other != m.fingerprint
+
+
+def test_silent_seconds_empty_masks_room_tone_only_and_counted(tiny):
+    """ms3 seconds of train/val where every source pauses: empty mask, no label, audio at room-tone
+    level (no off-screen source either), counted in the card."""
+    root, manifest = tiny
+    records = [json.loads(line) for line in (root / "clips.jsonl").read_text().splitlines()]
+    silent = [(r, t) for r in records for t in r["silent_seconds"]]
+    assert len(silent) >= 2  # the 20-clip plan has some (share 0.15)
+    assert all(r["subset"] == "ms3" and r["split"] in ("train", "val") for r, _ in silent)
+    for r, t in silent:
+        assert r["sounding"][t] == [] and any(r["sounding"])  # a clip keeps a sounding second
+        assert not r["offscreen"] or t not in r["offscreen"]["seconds"]
+        assert np.asarray(Image.open(root / r["uid"] / "masks" / f"{t}.png")).max() == 0
+        assert _second_rms(root / r["uid"] / "audio.wav")[t] < 0.01
+        assert all(any(c in on for on in r["sounding"]) for c in r["sources"])  # every source still heard
+    card = json.loads((root / "card.json").read_text())
+    by_split = card["counts"]["silent_ms3_seconds_by_split"]
+    assert sum(by_split.values()) == len(silent) and by_split["test"] == 0
+    df = read_manifest(manifest).frames
+    assert ((df.subset == "ms3") & (df.slice == "null")).sum() == len(silent)
+
+
+def test_silent_share_knob():
+    """0 = the plan without silent seconds; more share, more silent seconds; same config, same plan."""
+    off, on, more = (plan(SynthConfig(clips=200, ms3_silent_share=s)) for s in (0.0, 0.15, 0.4))
+    count = lambda clips: sum(len(c["silent_seconds"]) for c in clips)  # noqa: E731
+    assert count(off) == 0 and 0 < count(on) < count(more)
+    assert on == plan(SynthConfig(clips=200, ms3_silent_share=0.15))
+    assert all(not c["silent_seconds"] for c in more if c["split"] == "test")
+    assert SynthConfig(ms3_silent_share=0.0).fingerprint() != SynthConfig().fingerprint()
+
+
+def test_cli_rejects_a_bad_silent_share(tmp_path, capsys):
+    from pipeline.synthavs.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--clips", "12", "--ms3-silent-share", "1.5", "--cache-root", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --ms3-silent-share")

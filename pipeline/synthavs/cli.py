@@ -17,14 +17,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scene-pool", type=int, default=SynthConfig.scene_pool,
                    help="distinct object sets (bounds the distinct captions, i.e. the LLM cost of the cue stage)")
+    p.add_argument("--ms3-silent-share", type=float, default=SynthConfig.ms3_silent_share,
+                   help="share of the train/val ms3 seconds where every source pauses (0 = none)")
     p.add_argument("--cache-root", default="cache")
     p.add_argument("--manifest", default=str(manifest_path(DATASET)))
     p.add_argument("--workers", type=int, default=2, help="processes (speed only; output is identical)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if not 0 <= a.ms3_silent_share < 1:
+        print(f"error: --ms3-silent-share {a.ms3_silent_share}: a share in [0, 1) (0 = no silent seconds)", file=sys.stderr)
+        sys.exit(2)
     t0 = time.perf_counter()
     root = generate(out_root=a.cache_root, clips=a.clips, seed=a.seed, workers=a.workers, progress=not a.no_progress,
-                    scene_pool=a.scene_pool)
+                    scene_pool=a.scene_pool, ms3_silent_share=a.ms3_silent_share)
     fp = build_manifest(root, a.manifest)
     card = json.loads((root / "card.json").read_text())
     print(f"[synthavs] {card['counts']['clips']} clips, {card['counts']['frames']} frames, "

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.fingerprint import file_hash, fingerprint
 
 DATASET = "synthavs"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: silent ms3 seconds in train/val
 COMPLETED = ".completed"
 CATEGORIES = ["guitar", "piano", "violin", "trumpet", "flute", "drums", "saxophone", "cello",
               "man", "woman", "bell", "phone"]
@@ -48,6 +48,11 @@ class SynthConfig:
     p_idle_silent: float = 0.5          # a silent object lies idle with this probability, else looks active
     p_offscreen: float = 0.2            # non-null clip with an off-screen (heard, not visible) source
     ms3_p_source_on: float = 0.85       # each ms3 source sounds in a given second with this probability
+    # Share of the ms3 seconds of train/val where every source pauses (room tone only, empty mask), as
+    # AVSBench MS3 has: without such frames a model never has to say "nothing sounds". The test split
+    # keeps none (its silence is the null subset), so the test slices mean what they meant. 0 = off
+    # (then the plan is the one of a generator without silent seconds, draw for draw).
+    ms3_silent_share: float = 0.15  # 0.2 would pull the usual sounders' P(sound | visible) below 0.8
     noise_rms: tuple[float, float] = (0.002, 0.006)  # room-tone level (about -54 to -44 dBFS)
     object_gain: tuple[float, float] = (0.25, 0.5)
     offscreen_gain: tuple[float, float] = (0.1, 0.2)

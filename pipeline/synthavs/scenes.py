@@ -113,7 +113,7 @@ def _p_selected(weights: np.ndarray, k: int) -> np.ndarray:
 
 def _calibrate(cfg: SynthConfig, pool, iters: int = 200) -> dict[str, float]:
     """Sounder weights w_c for the biased splits such that, in expectation over the scene pool,
-    the s4/ms3 mix and the ms3 per-second on/off, P(sound | visible) per frame matches P_SOUND."""
+    the s4/ms3 mix, the ms3 per-second on/off and silent seconds, P(sound | visible) per frame matches P_SOUND."""
     mix = {"s4": (1 - cfg.ms3_fraction, _eligible(pool, "s4", True)),
            "ms3": (cfg.ms3_fraction, _eligible(pool, "ms3", True))}
     logw = {c: 0.0 for c in CATEGORIES}
@@ -126,7 +126,8 @@ def _calibrate(cfg: SynthConfig, pool, iters: int = 200) -> dict[str, float]:
                     sel = w / w.sum()
                 else:
                     sizes = _ms3_sizes(len(s), True)
-                    sel = sum(_p_selected(w, k) for k in sizes) / len(sizes) * cfg.ms3_p_source_on
+                    sel = (sum(_p_selected(w, k) for k in sizes) / len(sizes) * cfg.ms3_p_source_on
+                           * (1 - cfg.ms3_silent_share))  # a silent second silences every source
                 for c, p in zip(s, sel):
                     snd[c] += share * p / len(sets)
                     vis[c] += share / len(sets)
@@ -138,7 +139,8 @@ def _calibrate(cfg: SynthConfig, pool, iters: int = 200) -> dict[str, float]:
 
 
 def frame_slice(subset: str, visible: list[str], sounding: list[str]) -> str:
-    if subset == "null":
+    """The frame's slice; a frame where nothing sounds (null clip or silent ms3 second) is ``null``."""
+    if subset == "null" or not sounding:
         return "null"
     if any(c in USUAL and c not in sounding for c in visible) and sounding:
         return "counter_bias"
@@ -173,16 +175,24 @@ def plan(cfg: SynthConfig) -> list[dict]:
             k = 1 if subset == "s4" else int(rng.choice(_ms3_sizes(len(scene), biased)))
             w = np.array([weights[c] if biased else 1.0 for c in scene])
             sources = rng.choice(scene, k, replace=False, p=w / w.sum()).tolist()
+        silent: set[int] = set()
+        if subset == "ms3" and biased and cfg.ms3_silent_share > 0:
+            silent = {t for t in range(cfg.frames) if rng.random() < cfg.ms3_silent_share}
+            if len(silent) == cfg.frames:  # a clip keeps at least one sounding second
+                silent.discard(int(rng.integers(cfg.frames)))
+        loud = [t for t in range(cfg.frames) if t not in silent]
         per_second = []
-        for _ in range(cfg.frames):
-            if subset == "ms3":
+        for t in range(cfg.frames):
+            if t in silent:
+                on = []
+            elif subset == "ms3":
                 on = [c for c in sources if rng.random() < cfg.ms3_p_source_on] or [sources[int(rng.integers(len(sources)))]]
             else:
                 on = list(sources)
             per_second.append(sorted(on, key=CATEGORIES.index))
         for c in sources:  # every ms3 source is heard at least once
             if not any(c in s for s in per_second):
-                t = int(rng.integers(cfg.frames))
+                t = loud[int(rng.integers(len(loud)))]
                 per_second[t] = sorted([*per_second[t], c], key=CATEGORIES.index)
         states = {c: "active" if c in sources or rng.random() >= cfg.p_idle_silent else "idle" for c in scene}
         offscreen = None
@@ -190,12 +200,14 @@ def plan(cfg: SynthConfig) -> list[dict]:
             hidden = [c for c in CATEGORIES if c not in scene]
             start = int(rng.integers(0, cfg.frames - 1))
             offscreen = {"category": str(rng.choice(hidden)), "seconds": list(range(start, min(cfg.frames, start + int(rng.integers(2, 5)))))}
+            offscreen["seconds"] = [t for t in offscreen["seconds"] if t not in silent]  # a silent second is room tone only
+            offscreen = offscreen if offscreen["seconds"] else None
         order = rng.permutation(len(scene)).tolist()  # drawing order: later objects on top
         clips.append({
             "index": idx, "uid": f"sv{idx:05d}", "split": split, "subset": subset,
             "objects": {c: states[c] for c in sorted(scene, key=CATEGORIES.index)},
             "draw_order": [scene[i] for i in order], "sources": sorted(sources, key=CATEGORIES.index),
-            "sounding": per_second, "offscreen": offscreen, "caption": caption(states),
+            "sounding": per_second, "silent_seconds": sorted(silent), "offscreen": offscreen, "caption": caption(states),
         })
     return clips
 

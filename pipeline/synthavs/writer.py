@@ -95,6 +95,10 @@ def _card(cfg: SynthConfig, fp: str, records: list[dict]) -> dict:
         "test_clips_by_slice_of_frame0": {k: int(v) for k, v in clip_df[clip_df.split == "test"].slice.value_counts().items()},
         "test_clips_with_any_counter_bias_frame": int(df[(df.split == "test") & (df.slice == "counter_bias")].uid.nunique()),
         "clips_with_offscreen_sound": sum(1 for r in records if r["offscreen"]),
+        "silent_ms3_seconds_by_split": {sp: sum(len(r.get("silent_seconds", [])) for r in records if r["split"] == sp)
+                                        for sp in ("train", "val", "test")},
+        "ms3_seconds_by_split": {sp: sum(len(r["sounding"]) for r in records if r["split"] == sp and r["subset"] == "ms3")
+                                 for sp in ("train", "val", "test")},
         "clips": len(records), "frames": len(df),
     }
     return {
@@ -131,7 +135,8 @@ def _card_markdown(card: dict) -> str:
     lines += ["", "## Slices (per frame)", "",
               "- `bias_consistent`: a usual sounder is visible and sounding.",
               "- `counter_bias`: a usual sounder is visible and SILENT while another object sounds (the muted guitar).",
-              "- `balanced`: no usual sounder visible.", "- `null`: null subset, nothing sounds (masks empty, audio is room tone only).", "",
+              "- `balanced`: no usual sounder visible.",
+              "- `null`: nothing sounds (null subset, or a silent ms3 second of train/val): masks empty, audio is room tone only.", "",
               "## Counts", ""]
     for name, d in card["counts"].items():
         lines.append(f"- {name}: {json.dumps(d)}")
@@ -142,7 +147,10 @@ def _card_markdown(card: dict) -> str:
               "Every clip has low-level pink room tone. Sounding objects contribute several notes/words/rings per "
               "second at a per-object loudness; each event stays inside its second so frame labels are exact. "
               f"{card['counts']['clips_with_offscreen_sound']} clips also contain an off-screen source (a category "
-              "not visible: in the audio, not in the mask; see `offscreen` in clips.jsonl).", "",
+              "not visible: in the audio, not in the mask; see `offscreen` in clips.jsonl). Silent seconds: in "
+              f"{card['counts']['silent_ms3_seconds_by_split']} of the ms3 seconds "
+              f"({card['counts']['ms3_seconds_by_split']}) by split, every source pauses (room tone only, empty mask, "
+              "slice `null`; `silent_seconds` in clips.jsonl; knob `ms3_silent_share`, train/val only).", "",
               "## Captions", "",
               "One caption per clip (scenes are static), a deterministic function of the visible objects and their "
               "states (active/idle). It never says whether anything sounds.", ""]
