@@ -50,7 +50,7 @@ cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=co
 # thread each on CPU); the last one to finish writes the cards. The final call only checks that every
 # cache is complete and prints the sizes (nothing is recomputed, no model loaded).
 FEATURE_JOBS ?= 2
-FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40 $(FEATURE_ARGS)
+FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40,ambient,offscreen $(FEATURE_ARGS)
 
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=, FEATURE_JOBS=)
 	@pids=; for r in $$(seq 1 $$(( $(FEATURE_JOBS) - 1 ))); do \
@@ -70,7 +70,7 @@ train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., 
 eval: setup ## stage 5: metrics and report for the last training run
 	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-preference: setup ## the segmentation-preference test (mute / noise)
+preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen)
 	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 # Models the demo trains and compares (the preference test reads every runs/*/export). They train

@@ -121,7 +121,7 @@ class AudioStage(Stage):
         warnings = []
         if signal_power(wave) == 0.0:
             warnings.append(f"{path}: silent audio (all samples zero)")
-        wave = perturb(wave, self.tag, self.snr_db, seed=self.seed, key=uid)
+        wave = perturb(wave, self.tag, self.snr_db, seed=self.seed, key=uid, manifest=self.manifest, sample_rate=sr)
         if len(wave) < seconds * sr:  # short clip: pad so every frame still gets its second
             warnings.append(f"{path}: {len(wave) / sr:.2f} s of audio for {seconds} frames; zero-padded")
             wave = np.pad(wave, (0, seconds * sr - len(wave)))
@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-root", default="cache")
     p.add_argument("--what", default="audio,visual,text", help="comma list of audio, visual, text")
     p.add_argument("--audio-encoder", default=AUDIO_ENCODER, choices=["yamnet", "vggish"])
-    p.add_argument("--audio-perturb", default="none", help="comma list of none | mute | wgn:<snr_db>; one cache each")
+    p.add_argument("--audio-perturb", default="none",
+                   help="comma list of none | mute | ambient | offscreen | wgn:<snr_db>; one cache each")
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--vggish-weights", default=None, help="VGGish state dict (the PyTorch port's); required for vggish")
     p.add_argument("--vggish-pca", default=None, help="AudioSet PCA params (pca_eigen_vectors, pca_means)")

@@ -27,7 +27,7 @@ LEVELS = {"s8": (4, 8), "s16": (6, 4), "s32": (8, 2)}  # level -> (channels, sid
 AUDIO_DIM, TEXT_DIM, VOCAB, K = 6, 5, 5, 2
 # test clips: (slice, subset); the null clip has no sounding object
 TEST_CLIPS = [("counter_bias", "s4"), ("bias_consistent", "s4"), ("balanced", "ms3"), ("null", "null")]
-CONDITIONS = ("none", "mute", "wgn10", "wgn40")
+CONDITIONS = ("none", "mute", "wgn10", "wgn40", "ambient", "offscreen")
 
 
 def tiny_net_args(prompt_mode: str = "sedam") -> dict:
@@ -80,7 +80,9 @@ def write_world(root: str | Path, *, dataset: str = "tiny", seed: int = 0, with_
     for tag in with_conditions:
         audio = {"none": clean, "mute": np.zeros_like(clean),
                  "wgn10": clean + 0.3 * rng.standard_normal(clean.shape).astype(np.float16),
-                 "wgn40": clean + 0.01 * rng.standard_normal(clean.shape).astype(np.float16)}[tag]
+                 "wgn40": clean + 0.01 * rng.standard_normal(clean.shape).astype(np.float16),
+                 "ambient": 0.05 * rng.standard_normal(clean.shape).astype(np.float16),
+                 "offscreen": np.roll(clean, CLIP_LEN, axis=0)}[tag]  # another clip's sound
         write_cache(cache, dataset, "audio", keys, {"audio": audio},
                     card={"encoder": {"name": "yamnet"}, "perturb": tag}, tag=tag)
     vis_arrays = {f"vis_{lvl}": rng.standard_normal((n, c, s, s)).astype(np.float16) for lvl, (c, s) in LEVELS.items()}

@@ -125,6 +125,7 @@ def test_make_preference_outputs_and_table(world, tmp_path, capsys):
     run_report = (reports / "r_teso" / "report.md").read_text()
     assert run_report.count(PR.REPORT_BEGIN) == 1 and "../preference/preference.png" in run_report
     data = json.loads((out / "preference.json").read_text())
+    assert "False positives under negative audio" in (out / "preference.md").read_text()
     t = pd.DataFrame(data["rows"])
     assert set(t["model"]) == {"teso", "audio_only", PR.BASELINE}
     assert set(t["condition"]) == set(PR.CONDITIONS)

@@ -3,7 +3,9 @@
 For each trained model (every ``runs/*/export``: TeSO, the audio-only baseline, the ablations,
 the official-code variant) the test split is predicted with the normal audio features and with
 each perturbed audio cache of the features stage (``mute``; white Gaussian noise at 10 dB and
-40 dB SNR, tags ``wgn10``/``wgn40``), always against the ORIGINAL ground truth. Per slice (SynthAVS:
+40 dB SNR, tags ``wgn10``/``wgn40``; the negative audio ``ambient`` and ``offscreen``), always against
+the ORIGINAL ground truth; the negative conditions are also read against an EMPTY ground truth as
+false-positive rates (:mod:`train.negatives`). Per slice (SynthAVS:
 bias_consistent, counter_bias, balanced, null; otherwise per subset) and over all clips with a
 sounding object (``all``: the null subset is left out, its ground truth is empty):
 
@@ -39,7 +41,7 @@ from train.evaluate import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, Pre
                             predict_clips, score_group, score_slices_by_frame, subset_clips)
 from train.export import load_exported, read_export_config
 
-CONDITIONS = ("none", "mute", "wgn10", "wgn40")  # audio cache tags; "none" = the normal audio
+CONDITIONS = ("none", "mute", "wgn10", "wgn40", "ambient", "offscreen")  # audio cache tags; "none" = the normal audio
 BASELINE = "usual-sounders baseline"
 NULL_SUBSET = "null"  # nothing sounds: left out of the "all" row (see groups_of)
 OUT_NAME = "preference"
@@ -164,6 +166,7 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
                    batch_size: int | None = None, baseline: bool = True,
                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Evaluate every model under every audio condition; write JSON, markdown and bar charts."""
+    from train.negatives import fpr_markdown
     from train.pictures import preference_bars
     from train.report import CONDITION_LABELS, preference_md
 
@@ -220,7 +223,8 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
     meta["charts"] = charts
     (out_dir / f"{OUT_NAME}.json").write_text(json.dumps({**meta, "rows": table.to_dict(orient="records")}, indent=1,
                                                          default=float))
-    (out_dir / f"{OUT_NAME}.md").write_text(preference_md(table, conditions, meta=meta, chart=charts.get("all")))
+    (out_dir / f"{OUT_NAME}.md").write_text(preference_md(table, conditions, meta=meta, chart=charts.get("all"))
+                                            + "\n" + fpr_markdown(table))
     meta["run_reports"] = [str(p) for p in attach_to_run_reports(table, conditions, models, reports_root=reports_root,
                                                                  out_dir=out_dir, meta=meta)]
     return table, meta

@@ -27,7 +27,8 @@ PUBLISHED_PREFERENCE: dict[str, dict[str, tuple[float, float, float, float]]] = 
     "TeSO": {"mute": (37.89, 42.6, 0.671, 16.2), "wgn10": (34.20, 49.6, 0.661, 17.5), "wgn40": (34.74, 47.4, 0.656, 18.1)},
 }
 PUBLISHED_SOURCE = "published in the TeSO paper (ECCV 2024, arXiv 2407.10947), not re-run here"
-CONDITION_LABELS = {"none": "normal", "mute": "mute", "wgn10": "WGN 10 dB", "wgn40": "WGN 40 dB"}
+CONDITION_LABELS = {"none": "normal", "mute": "mute", "wgn10": "WGN 10 dB", "wgn40": "WGN 40 dB", "ambient": "ambient",
+                    "offscreen": "off-screen"}
 
 
 def pct(x: float | None) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from pipeline.encoders.negatives import room_tone
 from pipeline.synthavs.config import KIND, PEAK_MAX, SynthConfig
 
 SAMPLE_RATE = 16000
@@ -183,12 +184,7 @@ def init_worker(bank: dict[str, list[np.ndarray]]) -> None:
 def render_audio(cfg: SynthConfig, clip: dict, rng: np.random.Generator) -> np.ndarray:
     sr = SAMPLE_RATE
     n = cfg.frames * sr
-    # Room tone: pink-ish noise (1/f power) at a low random level, always present.
-    spec = np.fft.rfft(rng.normal(size=n))
-    spec /= np.sqrt(np.maximum(np.arange(len(spec)), 1.0))
-    noise = np.fft.irfft(spec, n)
-    noise *= rng.uniform(*cfg.noise_rms) / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
-    out = noise.astype(np.float64)
+    out = room_tone(n, cfg.noise_rms, rng).astype(np.float64)  # always present, at a low random level
     gains = {c: rng.uniform(*cfg.object_gain) for c in clip["objects"]}
     events_per_second = {"instrument": (2, 4), "speech": (1, 2), "effect": (2, 4)}
 
