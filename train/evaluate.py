@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,8 +141,11 @@ class Predictions:
 
 def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Sequence[str] = tuple(M.PROTOCOLS),
                   keep: Iterable[str] = (), progress: bool = True, desc: str = "predict",
-                  uids: Sequence[str] | None = None, semantic_names: list[str] | None = None) -> Predictions:
+                  uids: Sequence[str] | None = None, semantic_names: list[str] | None = None,
+                  batch_transform: Callable[[Any], Any] | None = None) -> Predictions:
     """Run the model over the test split (or just ``uids`` of it) and accumulate the counts.
+
+    ``batch_transform`` edits each batch before the model sees it (the cue controls, :mod:`train.controls`).
 
     Frames without ground truth (``mask_valid`` False) are not scored. The probability maps of the
     clips in ``keep`` are kept for pictures.
@@ -170,6 +173,7 @@ def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Seque
     t0 = time.perf_counter()
     model.eval()
     for batch in tqdm(loader, total=total, desc=desc, disable=not progress, unit="batch"):
+        batch = batch_transform(batch) if batch_transform is not None else batch
         logits, sem = forward_batch(model, batch)
         where = f"batch of clips {batch.uids[0]}..{batch.uids[-1]}"
         masks = batch.masks

@@ -1,0 +1,71 @@
+"""`make study`'s library function on a tiny dataset: 2 variants x 2 seeds x 1 epoch write all three files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from manifests.schema import read_manifest
+from pipeline.store import write_cache
+from tests.dummies_train import TinySpec, tiny_config, write_tiny_dataset
+from train.study import StudyError, fit_args, parse_variant, run_study
+from train.study_eval import ROW_KEYS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _negative_caches(root: Path, manifest: Path) -> None:
+    """The mute and off-screen audio caches the study reads, beside the tiny dataset's normal one."""
+    frames = read_manifest(manifest).frames
+    keys = frames[["uid", "frame_idx"]].assign(split=frames["split"])
+    rng = np.random.default_rng(1)
+    for tag, audio in {"mute": np.zeros((len(frames), 6), np.float16),
+                       "offscreen": rng.standard_normal((len(frames), 6)).astype(np.float16)}.items():
+        write_cache(root / "cache", "tiny", "audio", keys, {"audio": audio},
+                    card={"encoder": {"name": "yamnet"}, "perturb": tag}, tag=tag)
+
+
+def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
+    spec = TinySpec(clips={"train": 4, "val": 2, "test": 4})
+    manifest = write_tiny_dataset(tmp_path, spec=spec)
+    _negative_caches(tmp_path, manifest)
+    cfg = tiny_config(tmp_path, manifest, spec=spec, max_epochs=1)
+    configs = [str(CONFIGS / "trainer/cpu.yaml"), str(CONFIGS / "model/{model}.yaml"), str(cfg)]
+    out = tmp_path / "reports" / "study"
+    data = run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None,
+                     runs_dir=tmp_path / "runs", out_dir=out, jobs=2, progress=False)
+    assert {p.name for p in out.iterdir()} >= {"study.json", "study.md", "study.png"}
+    assert not data["meta"]["failed"], data["meta"]["failed"]
+    rows = pd.DataFrame(json.loads((out / "study.json").read_text())["rows"])
+    assert list(rows.columns) == list(ROW_KEYS)
+    assert set(rows.seed) == {0, 1} and set(rows.variant) == {"teso", "audio_only"}
+    # controls for the model that reads cues only; one row per run, control and slice
+    assert set(rows[rows.variant == "teso"].control) == {"none", "shuffled", "no_cues"}
+    assert set(rows[rows.variant == "audio_only"].control) == {"none"}
+    assert set(rows.slice) == {"all", "bias_consistent", "counter_bias"}
+    assert len(rows) == (3 + 1) * 2 * 3
+    assert rows[["miou_normal", "fscore_normal", "empty_rate_mute", "fpr_offscreen"]].apply(
+        lambda c: c.between(0, 100)).all().all()
+    md = (out / "study.md").read_text()
+    assert "## Goals (issue 13)" in md and "## Per seed" in md and md.count("| teso | shuffled |") >= 3
+    assert (out / "study.png").stat().st_size > 10_000
+    # the seeds differ (the seed reaches the training), the same seed twice is the same run
+    a = rows[(rows.variant == "teso") & (rows.control == "none") & (rows.slice == "all")].set_index("seed")
+    assert a.loc[0, "miou_normal"] != a.loc[1, "miou_normal"] or a.loc[0, "fpr_offscreen"] != a.loc[1, "fpr_offscreen"]
+    # a rerun with unchanged inputs reuses every finished job
+    stamp = (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns
+    run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",
+              out_dir=out, jobs=2, progress=False)
+    assert (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns == stamp
+
+
+def test_variant_specs_and_bad_input(tmp_path):
+    assert parse_variant("teso:active") == ("teso", "active") and parse_variant("teso") == ("teso", None)
+    args = fit_args("teso:active", 2, configs=["configs/model/{model}.yaml"], runs_dir=tmp_path, cache_root="c")
+    assert args[args.index("--data.cues_tag") + 1] == "active" and args[args.index("--seed_everything") + 1] == "2"
+    assert args[args.index("--data.seed") + 1] == "2" and args[args.index("--run_name") + 1] == "teso-active-s2"
+    with pytest.raises(StudyError, match="nosuchmodel"):
+        run_study(variants=["nosuchmodel"], seeds=1, runs_dir=tmp_path, out_dir=tmp_path)

@@ -1,0 +1,209 @@
+"""``make study``: every variant trained on every seed over the cached features, then the preference
+test per slice with the cue controls; writes ``reports/study/{study.json,study.md,study.png}``.
+
+One job per (variant, seed) runs in its own process (``python -m train.study --one``), ``jobs`` at
+a time, one torch thread each (the demo experiment's ``torch_threads: 1``): on the 2-core box two
+side by side. A job trains ``runs/study/<variant>-s<seed>`` with ``--seed_everything s --data.seed s``
+(the demo's configs, caches and cues), then writes its rows (:mod:`train.study_eval`) to
+``rows.json`` in its run directory. A finished job whose inputs (its fit arguments and the cache
+pointers) are unchanged is reused; a failed job is reported and the others go on.
+
+A variant is a model config name (``configs/model/<name>.yaml``), optionally with a cue set:
+``teso:active`` trains TeSO on the ``active`` cue set (the ceiling of perfect cues). Cue controls
+apply to variants that read cues (all but ``audio_only``). Nothing is chosen on the test split:
+each run keeps its best-validation checkpoint; the test split is only scored.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from train.controls import CONTROLS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIGS = ("configs/trainer/cpu.yaml", "configs/data/synthavs.yaml", "configs/model/{model}.yaml",
+                "configs/experiment/demo.yaml")
+NO_CUES = ("audio_only",)  # variants that never read cues: only the control "none"
+ROWS, STAMP = "rows.json", "study_stamp.json"
+
+
+class StudyError(ValueError):
+    """Bad study input (unknown variant, no seeds); the message names it."""
+
+
+def parse_variant(spec: str) -> tuple[str, str | None]:
+    """``teso`` -> (``teso``, None); ``teso:active`` -> (``teso``, ``active``)."""
+    model, _, cues = spec.partition(":")
+    return model, (cues or None)
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant.replace(':', '-')}-s{seed}"
+
+
+def controls_for(variant: str, controls: Sequence[str] = CONTROLS) -> list[str]:
+    return ["none"] if parse_variant(variant)[0] in NO_CUES else list(controls)
+
+
+def fit_args(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, cache_root: str | None,
+             train_args: Sequence[str] = ()) -> list[str]:
+    """The ``python -m train fit`` arguments of one study run."""
+    model, cues = parse_variant(variant)
+    args = ["fit"]
+    for c in configs:
+        path = Path(c.format(model=model))
+        args += ["--config", str(path if path.is_absolute() else ROOT / path)]
+    if cache_root is not None:
+        args += ["--data.cache_root", str(cache_root)]
+    if cues:
+        args += ["--data.cues_tag", cues]
+    return args + ["--variant", variant, "--runs_dir", str(runs_dir), "--run_name", run_name(variant, seed),
+                   "--seed_everything", str(seed), "--data.seed", str(seed), "--trainer.enable_progress_bar", "false",
+                   "--ckpt_path", "last", *train_args]
+
+
+def inputs_stamp(args: Sequence[str], cache_root: str | None) -> str:
+    """Hash of the fit arguments, the config files they name and every cache pointer: a rerun
+    reuses a finished job only when none of them changed."""
+    h = hashlib.sha256(json.dumps(list(args)).encode())
+    for a in args:
+        if a.endswith(".yaml") and Path(a).exists():
+            h.update(Path(a).read_bytes())
+    root = Path(cache_root) if cache_root else None
+    for p in sorted(root.glob("*/*/latest*.json")) if root and root.exists() else []:
+        h.update(str(p).encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, cache_root: str | None,
+            train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS) -> Path:
+    """Train (unless reusable) and evaluate one (variant, seed); returns its ``rows.json``."""
+    from train.cli import main as fit_main
+    from train.study_eval import evaluate_run, parameter_count
+
+    args = fit_args(variant, seed, configs=configs, runs_dir=runs_dir, cache_root=cache_root, train_args=train_args)
+    run = Path(runs_dir) / run_name(variant, seed)
+    stamp = inputs_stamp(args, cache_root)
+    stamp_file = run / STAMP
+    if (run / ROWS).exists() and stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp:
+        return run / ROWS
+    if run.exists() and not (stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp):
+        shutil.rmtree(run)  # other inputs: start over (a same-input run resumes from its last checkpoint)
+    run.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(json.dumps({"stamp": stamp, "args": args}))
+    t0 = time.perf_counter()
+    fit_main(args)
+    train_s = time.perf_counter() - t0
+    rows = evaluate_run(run / "export", variant=variant, seed=seed, controls=controls_for(variant, controls),
+                        cache_root=cache_root)
+    (run / ROWS).write_text(json.dumps({"rows": rows, "train_seconds": train_s,
+                                        "eval_seconds": time.perf_counter() - t0 - train_s,
+                                        "parameters": parameter_count(run / "export")}, default=float))
+    return run / ROWS
+
+
+def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = DEMO_CONFIGS,
+              cache_root: str | None = "cache", runs_dir: str | Path = "runs/study", out_dir: str | Path = "reports/study",
+              jobs: int = 2, train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS,
+              progress: bool = True) -> dict[str, Any]:
+    """Run every (variant, seed) job, ``jobs`` at a time, and write the study report; returns its JSON."""
+    from train.study_report import write_study
+
+    if not variants or seeds < 1:
+        raise StudyError(f"the study needs variants and seeds >= 1 (got variants {list(variants)}, seeds {seeds})")
+    for v in variants:
+        model = parse_variant(v)[0]
+        if not any(Path(c.format(model=model)).is_absolute() and Path(c.format(model=model)).exists()
+                   or (ROOT / c.format(model=model)).exists() for c in configs if "{model}" in c):
+            raise StudyError(f"variant {v!r}: no configs/model/{model}.yaml; use a model config name")
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(v, s) for s in range(seeds) for v in variants]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    running: list[tuple[str, int, subprocess.Popen, Path]] = []
+    failed: list[dict[str, Any]] = []
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            v, s = todo.pop(0)
+            log = runs_dir / f"{run_name(v, s)}.log"
+            cmd = [sys.executable, "-m", "train.study", "--one", v, "--seed", str(s), "--runs-dir", str(runs_dir),
+                   "--configs", ",".join(configs), "--controls", ",".join(controls),
+                   *(["--cache-root", str(cache_root)] if cache_root is not None else []),
+                   *(["--train-args", " ".join(train_args)] if train_args else [])]
+            with open(log, "w") as fh:
+                running.append((v, s, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), log))
+            if progress:
+                print(f"[study] started {run_name(v, s)} (log {log})", file=sys.stderr)
+        time.sleep(0.5)
+        for item in list(running):
+            v, s, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+                failed.append({"variant": v, "seed": s, "log": str(log), "last_line": tail[0]})
+            if progress:
+                print(f"[study] {'FAILED' if proc.returncode else 'done'} {run_name(v, s)} "
+                      f"({time.perf_counter() - t0:.0f} s since start)", file=sys.stderr)
+    results = []
+    for v in variants:
+        for s in range(seeds):
+            f = runs_dir / run_name(v, s) / ROWS
+            if f.exists() and not any(x["variant"] == v and x["seed"] == s for x in failed):
+                results.append(json.loads(f.read_text()))
+    meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs),
+            "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
+            "runs_dir": str(runs_dir)}
+    return write_study(results, Path(out_dir), meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Multi-seed study: train variants x seeds, preference test with controls.")
+    ap.add_argument("--variants", default="teso audio_only", help="space/comma list; NAME or NAME:CUESET")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    ap.add_argument("--jobs", type=int, default=2, help="jobs side by side (one thread each)")
+    ap.add_argument("--cache-root", default=None, help="feature caches (default: the configs' cache_root)")
+    ap.add_argument("--runs-dir", default="runs/study")
+    ap.add_argument("--out", default="reports/study")
+    ap.add_argument("--configs", default=",".join(DEMO_CONFIGS), help="comma list; {model} = the variant's model")
+    ap.add_argument("--controls", default=",".join(CONTROLS))
+    ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. '--trainer.max_epochs 1'")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a job's child process
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    configs = [c for c in a.configs.split(",") if c]
+    controls = [c for c in a.controls.split(",") if c]
+    train_args = a.train_args.split()
+    if a.one:
+        one_job(a.one, a.seed, configs=configs, runs_dir=Path(a.runs_dir), cache_root=a.cache_root,
+                train_args=train_args, controls=controls)
+        return 0
+    bad = [c for c in controls if c not in CONTROLS]
+    if bad:
+        print(f"error: --controls {bad}: use {list(CONTROLS)}", file=sys.stderr)
+        return 2
+    try:
+        out = run_study(variants=[v for v in a.variants.replace(",", " ").split() if v], seeds=a.seeds, configs=configs,
+                        cache_root=a.cache_root, runs_dir=a.runs_dir, out_dir=a.out, jobs=a.jobs, train_args=train_args,
+                        controls=controls, progress=not a.no_progress)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out}/study.json, study.md, study.png ({out['meta']['wall_seconds'] / 60:.1f} min)")
+    print(Path(a.out, "study.md").read_text().split("## Per seed")[0])
+    return 1 if out["meta"]["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""One study run's rows: the preference test per slice, under each cue control, in the study schema.
+
+For every control (:mod:`train.controls`) the test split is predicted under the normal audio, mute
+and off-screen sound (:mod:`pipeline.encoders.negatives`), and each slice gives one row of
+:data:`ROW_KEYS`: mIoU and F under normal audio, mIoU and Delta_m under mute against the original
+ground truth, the share of frames predicted empty under mute, and the false-positive rate under
+off-screen sound (share of frames with any predicted foreground; its ground truth is empty). All in %.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from manifests.schema import read_manifest
+from train import metrics as M
+from train.controls import CueControl
+from train.evaluate import make_datamodule, predict_clips
+from train.export import load_exported, read_export_config
+from train.preference import groups_of
+
+ROW_KEYS = ("variant", "control", "seed", "slice", "miou_normal", "miou_mute", "delta_m_mute", "fscore_normal",
+            "empty_rate_mute", "fpr_offscreen")
+STUDY_CONDITIONS = ("none", "mute", "offscreen")  # audio cache tags the study reads
+
+
+def parameter_count(export_dir: str | Path) -> int:
+    """Trainable size of an exported network (for the report: variants of equal size?)."""
+    return int(sum(p.numel() for p in load_exported(export_dir).parameters()))
+
+
+def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: Sequence[str], split: str = "test",
+                 protocol: str = M.DEFAULT_PROTOCOL, cache_root: str | Path | None = None,
+                 progress: bool = False) -> list[dict[str, Any]]:
+    """The study rows of one exported model (one per control and slice)."""
+    cfg = read_export_config(export_dir)
+    model = load_exported(export_dir)
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for cond in STUDY_CONDITIONS:
+        dm = make_datamodule(cfg, cache_root=cache_root, split=split, audio_tag=cond)
+        clips = dm.clip_table(split)
+        man = read_manifest(dm.manifest_path)
+        frames = man.frames[man.frames["uid"].isin(clips["uid"])]
+        ds = dm.split_dataset("test")
+        for control in controls:
+            pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{variant}/{control}/{cond}",
+                                 batch_transform=CueControl(control, ds, seed=seed))
+            groups[(control, cond)] = groups_of(pred, frames, clips, protocol)
+    rows = []
+    for control in controls:
+        normal, mute, off = (groups[(control, c)] for c in STUDY_CONDITIONS)
+        for sl in normal:
+            n, m, o = normal[sl][protocol], mute[sl][protocol], off[sl][protocol]
+            rows.append({"variant": variant, "control": control, "seed": seed, "slice": sl,
+                         "miou_normal": 100 * n["miou"], "miou_mute": 100 * m["miou"],
+                         "delta_m_mute": M.preference_delta(n["miou"], m["miou"]), "fscore_normal": 100 * n["fscore"],
+                         "empty_rate_mute": 100 * m["empty_rate"], "fpr_offscreen": 100 * (1 - o["empty_rate"])})
+    return rows

@@ -1,0 +1,173 @@
+"""The study's outputs: ``study.json`` (one row per run, control and slice), ``study.md`` (mean ± std,
+one row per seed, the issue's goals marked met/unmet with numbers) and ``study.png``.
+
+Means and standard deviations are over seeds (sample std, ddof 1; 0 with one seed). The goals
+(issue 13) read the ``none`` control unless they name another; "pooled std" of two variants is
+``sqrt((s1² + s2²) / 2)``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from train.study_eval import ROW_KEYS
+
+METRICS = ROW_KEYS[4:]
+SLICE_ORDER = ("all", "counter_bias", "balanced", "bias_consistent", "null")
+WALL_GOAL_MIN = 25.0
+TODAY_ALL_MIOU = 49.0  # issue 13: teso's all-sounding mIoU over seeds 0-2 before this work (49.00 ± 0.67)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores{', ' + model if model else ''} ({platform.system()} {platform.machine()})"
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and n per (variant, control, slice) of every metric."""
+    g = rows.groupby(["variant", "control", "slice"], sort=False)[list(METRICS)]
+    mean, std, n = g.mean(), g.std(ddof=1).fillna(0.0), g.size().rename("n")
+    return mean.join(std, rsuffix="_std").join(n).reset_index()
+
+
+def _get(summary: pd.DataFrame, variant: str, slice_: str, metric: str, control: str = "none") -> tuple[float, float] | None:
+    r = summary[(summary.variant == variant) & (summary.control == control) & (summary["slice"] == slice_)]
+    return None if r.empty else (float(r[metric].iloc[0]), float(r[f"{metric}_std"].iloc[0]))
+
+
+def goals(summary: pd.DataFrame, wall_min: float, teso: str = "teso", base: str = "audio_only") -> list[dict[str, Any]]:
+    """Each goal of issue 13: text, met (True/False/None = not measured), the numbers."""
+    out = []
+
+    def add(text: str, met: bool | None, numbers: str) -> None:
+        out.append({"goal": text, "met": met, "numbers": numbers})
+
+    t, b = _get(summary, teso, "counter_bias", "miou_normal"), _get(summary, base, "counter_bias", "miou_normal")
+    if t and b:
+        diff, pooled = t[0] - b[0], math.sqrt((t[1] ** 2 + b[1] ** 2) / 2)
+        add("teso beats audio_only on counter-bias mIoU by >= 5 points and by > 2x the pooled std",
+            diff >= 5 and diff > 2 * pooled, f"{t[0]:.2f} ± {t[1]:.2f} vs {b[0]:.2f} ± {b[1]:.2f}: "
+            f"difference {diff:+.2f}, pooled std {pooled:.2f}")
+    else:
+        add("teso beats audio_only on counter-bias mIoU by >= 5 points and > 2x the pooled std", None, "not measured")
+    t, b = _get(summary, teso, "all", "delta_m_mute"), _get(summary, base, "all", "delta_m_mute")
+    add("mute Δm on all sounding clips: teso >= 1.5 x audio_only", (t[0] >= 1.5 * b[0]) if t and b else None,
+        f"{t[0]:.1f} ± {t[1]:.1f} vs {b[0]:.1f} ± {b[1]:.1f} (ratio {t[0] / b[0]:.2f})" if t and b and b[0] else "not measured")
+    t = _get(summary, teso, "null", "empty_rate_mute")
+    add("null clips under mute: teso predicts an empty mask on >= 80 % of frames", (t[0] >= 80) if t else None,
+        f"{t[0]:.1f} ± {t[1]:.1f} %" if t else "not measured (no null slice)")
+    t, s = _get(summary, teso, "counter_bias", "miou_normal"), _get(summary, teso, "counter_bias", "miou_normal", "shuffled")
+    add("shuffled cues cost teso >= 5 mIoU on counter-bias clips", (t[0] - s[0] >= 5) if t and s else None,
+        f"{t[0]:.2f} -> {s[0]:.2f} ± {s[1]:.2f} (cost {t[0] - s[0]:+.2f})" if t and s else "not measured")
+    t, b = _get(summary, teso, "all", "fpr_offscreen"), _get(summary, base, "all", "fpr_offscreen")
+    add("false-positive rate of teso under off-screen sound <= 30 % of frames", (t[0] <= 30) if t else None,
+        (f"teso {t[0]:.1f} ± {t[1]:.1f} %" + (f"; audio_only {b[0]:.1f} ± {b[1]:.1f} %" if b else "")) if t else "not measured")
+    t = _get(summary, teso, "all", "miou_normal")
+    add(f"all-sounding mIoU with normal audio not below today's ({TODAY_ALL_MIOU:.1f})",
+        (t[0] >= TODAY_ALL_MIOU) if t else None, f"{t[0]:.2f} ± {t[1]:.2f}" if t else "not measured")
+    add(f"make study <= {WALL_GOAL_MIN:.0f} min", wall_min <= WALL_GOAL_MIN, f"{wall_min:.1f} min wall")
+    return out
+
+
+def _fmt(m: float, s: float) -> str:
+    return "–" if not np.isfinite(m) else f"{m:.1f} ± {s:.1f}"
+
+
+def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, Any]) -> str:
+    wall = meta["wall_seconds"] / 60
+    lines = ["# Multi-seed study", "",
+             f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
+             f"{meta['jobs']} jobs side by side; wall time {wall:.1f} min (on a shared, loaded machine). "
+             "Test split, only scored (each run keeps its best-validation checkpoint). Values in %; "
+             "mean ± std over seeds.", ""]
+    if meta.get("parameters"):
+        lines += ["Parameters: " + ", ".join(f"`{v}` {n:,}" for v, n in meta["parameters"].items()), ""]
+    if meta.get("failed"):
+        lines += ["**Failed runs:** " + "; ".join(f"{f['variant']} seed {f['seed']} ({f['log']}: {f['last_line']})"
+                                                  for f in meta["failed"]), ""]
+    lines += ["## Goals (issue 13)", ""]
+    for g in meta["goals"]:
+        mark = {True: "**met**", False: "**unmet**", None: "not measured"}[g["met"]]
+        lines.append(f"- {mark}: {g['goal']}: {g['numbers']}")
+    heads = ["mIoU normal", "mIoU mute", "Δm mute", "F normal", "empty % mute", "FPR % off-screen"]
+    lines += ["", "## Mean ± std per variant, control and slice", "",
+              "| variant | control | slice | n | " + " | ".join(heads) + " |", "|---" * (4 + len(heads)) + "|"]
+    for r in summary.itertuples(index=False):
+        cells = [_fmt(getattr(r, m), getattr(r, f"{m}_std")) for m in METRICS]
+        lines.append(f"| {r.variant} | {r.control} | {r.slice} | {r.n} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per seed", "",
+              "| variant | control | seed | all mIoU | counter-bias mIoU | Δm mute (all) | null empty % mute | FPR % off-screen |",
+              "|---|---|---|---|---|---|---|---|"]
+    key = rows.set_index(["variant", "control", "seed", "slice"])
+    for (v, c, s), _ in rows.groupby(["variant", "control", "seed"], sort=False):
+        def val(sl: str, m: str) -> str:
+            x = key[m].get((v, c, s, sl), float("nan"))
+            return "–" if not np.isfinite(x) else f"{x:.1f}"
+        lines.append(f"| {v} | {c} | {s} | {val('all', 'miou_normal')} | {val('counter_bias', 'miou_normal')} | "
+                     f"{val('all', 'delta_m_mute')} | {val('null', 'empty_rate_mute')} | {val('all', 'fpr_offscreen')} |")
+    lines += ["", "Rows: `study.json` (one per run, control and slice; recompute any mean from it). "
+              "Chart: `study.png`.", ""]
+    return "\n".join(lines)
+
+
+def study_chart(summary: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    combos = list(dict.fromkeys(zip(summary.variant, summary.control)))
+    slices = [s for s in SLICE_ORDER if s in set(summary["slice"]) and s != "null"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / max(1, len(combos))
+    for j, (v, c) in enumerate(combos):
+        part = summary[(summary.variant == v) & (summary.control == c)].set_index("slice")
+        xs = np.arange(len(slices)) + (j - (len(combos) - 1) / 2) * width
+        m = [part["miou_normal"].get(s, np.nan) for s in slices]
+        e = [part["miou_normal_std"].get(s, 0) for s in slices]
+        axes[0].bar(xs, m, width, yerr=e, capsize=2, label=f"{v} / {c}")
+        mm = [part["miou_mute"].get(s, np.nan) for s in slices]
+        axes[0].scatter(xs, mm, color="k", marker="_", s=80, zorder=3)
+        neg = [part["empty_rate_mute"].get("null", np.nan), part["fpr_offscreen"].get("all", np.nan)]
+        neg_e = [part["empty_rate_mute_std"].get("null", 0), part["fpr_offscreen_std"].get("all", 0)]
+        axes[1].bar(np.arange(2) + (j - (len(combos) - 1) / 2) * width, neg, width, yerr=neg_e, capsize=2)
+    axes[0].set_xticks(np.arange(len(slices)), slices)
+    axes[0].set_ylabel("mIoU % (bars: normal audio; black ticks: mute)")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xticks([0, 1], ["null: empty % (mute)\nhigher is better", "all: FPR % (off-screen)\nlower is better"])
+    fig.suptitle("Multi-seed study (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_study(results: list[dict[str, Any]], out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the three files from the jobs' results (``rows``, ``parameters``); returns the JSON."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = pd.DataFrame([r for res in results for r in res["rows"]], columns=list(ROW_KEYS))
+    summary = summarise(rows) if len(rows) else pd.DataFrame()
+    meta = {**meta, "date": dt.date.today().isoformat(), "machine": machine(),
+            "parameters": {res["rows"][0]["variant"]: res["parameters"] for res in results if res["rows"]},
+            "train_seconds": [res.get("train_seconds") for res in results]}
+    meta["goals"] = goals(summary, meta["wall_seconds"] / 60) if len(rows) else []
+    data = {"rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                     for r in rows.to_dict(orient="records")], "meta": meta}
+    (out_dir / "study.json").write_text(json.dumps(data, indent=1, default=float))
+    (out_dir / "study.md").write_text(study_markdown(rows, summary, meta) if len(rows) else "# Multi-seed study\n\nNo run finished.\n")
+    if len(rows):
+        study_chart(summary, out_dir / "study.png")
+    return data
