@@ -124,8 +124,9 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
         if not any(Path(c.format(model=model)).is_absolute() and Path(c.format(model=model)).exists()
                    or (ROOT / c.format(model=model)).exists() for c in configs if "{model}" in c):
             raise StudyError(f"variant {v!r}: no configs/model/{model}.yaml; use a model config name")
-    runs_dir = Path(runs_dir)
+    runs_dir = Path(runs_dir).resolve()  # the jobs run in the repository root
     runs_dir.mkdir(parents=True, exist_ok=True)
+    cache_root = str(Path(cache_root).resolve()) if cache_root is not None else None
     todo = [(v, s) for s in range(seeds) for v in variants]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
