@@ -37,6 +37,7 @@ from manifests.schema import ManifestError, read_manifest
 from pipeline.runner import StageError
 from pipeline.store import FeatureStore
 from train import metrics as M
+from train.metrics_semantic import AVSSMetric, semantic_to_binary_logits
 from train.data import AVSDataModule, FeatureCacheError, collate_clips
 from train.export import ExportError, load_exported, read_export_config
 
@@ -163,7 +164,7 @@ def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Seque
         total = (len(uids) + bs - 1) // bs
     parts: dict[str, list[M.FrameStats]] = {p: [] for p in protos}
     sem_parts: list[M.FrameStats] = []
-    avss_metric: M.AVSSMetric | None = None
+    avss_metric: AVSSMetric | None = None
     order: list[str] = []
     scored: list[tuple[str, int]] = []
     kept: dict[str, dict[str, np.ndarray]] = {}
@@ -181,9 +182,9 @@ def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Seque
         if sem is not None and batch.class_masks is not None:
             if avss_metric is None:
                 names = semantic_names if semantic_names and len(semantic_names) == sem.shape[1] else None
-                avss_metric = M.AVSSMetric(num_classes=sem.shape[1], class_names=names)
+                avss_metric = AVSSMetric(num_classes=sem.shape[1], class_names=names)
             avss_metric.update(sem[valid], batch.class_masks[valid])
-            sem_parts.append(M.frame_stats(M.semantic_to_binary_logits(sem[valid]), masks[valid], clip=clip[valid],
+            sem_parts.append(M.frame_stats(semantic_to_binary_logits(sem[valid]), masks[valid], clip=clip[valid],
                                            protocol=M.get_protocol(M.DEFAULT_PROTOCOL)))
         t = batch.clip_len
         fidx = batch.frame_idx.reshape(-1)
