@@ -13,6 +13,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import dummies_eval as D  # noqa: E402
 
+from train import eval_inputs as EI  # noqa: E402
 from train import evaluate as E  # noqa: E402
 from train import pictures as P  # noqa: E402
 from train import preference as PR  # noqa: E402
@@ -178,11 +179,11 @@ def test_overlay_strip_and_text_table(tmp_path):
 
 def test_resolve_export_by_latest_dir_or_name(world):
     runs = world["root"] / "runs"
-    assert E.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
-    assert E.resolve_export(run="r_audio", runs_root=runs) == (runs / "r_audio", runs / "r_audio" / "export")
-    assert E.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
-    with pytest.raises(E.EvalError, match="run directory not found"):
-        E.resolve_export(run="nope", runs_root=runs)
+    assert EI.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
+    assert EI.resolve_export(run="r_audio", runs_root=runs) == (runs / "r_audio", runs / "r_audio" / "export")
+    assert EI.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
+    with pytest.raises(EI.EvalError, match="run directory not found"):
+        EI.resolve_export(run="nope", runs_root=runs)
 
 
 def test_find_models_filters_by_training_dataset(world, capsys):

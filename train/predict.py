@@ -40,7 +40,8 @@ from PIL import Image
 from manifests.schema import ManifestError, read_manifest, write_manifest
 from pipeline.store import FeatureStore, write_cache
 from train.data import ClipItem, collate_clips
-from train.evaluate import EVAL_ERRORS, error_line, forward_batch
+from train.eval_inputs import EVAL_ERRORS, error_line
+from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config
 from train.pictures import PRED_COLOUR, overlay
 
