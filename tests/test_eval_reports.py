@@ -177,6 +177,17 @@ def test_overlay_strip_and_text_table(tmp_path):
     assert "50.00 (0.0) / 0.500 (0.0)" in txt and "25.00" in txt
 
 
+def test_preference_chart_axis_labels_survive_the_delta_texts():
+    # the Delta written above each perturbed bar once reused the y-label variable, so both axes read "0"
+    rows = [{"model": m, "condition": c, "miou": mi, "fscore": f, "delta_m": dm, "delta_f": df}
+            for m in ("teso", "audio_only")
+            for c, mi, f, dm, df in (("none", 0.66, 0.80, 0.0, 0.0), ("mute", 0.38, 0.67, 42.6, 16.2),
+                                     ("wgn10", 0.66, 0.80, -0.2, 0.1))]
+    fig = P.preference_figure(pd.DataFrame(rows), conditions=["none", "mute", "wgn10"])
+    assert [ax.get_ylabel() for ax in fig.axes] == ["mIoU (%)", "F-score"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "0", "43", "43"]
+
+
 def test_resolve_export_by_latest_dir_or_name(world):
     runs = world["root"] / "runs"
     assert EI.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
