@@ -14,7 +14,8 @@ from typing import Any, Sequence
 from manifests.schema import read_manifest
 from train import metrics as M
 from train.controls import CueControl
-from train.evaluate import make_datamodule, predict_clips
+from train.eval_inputs import make_datamodule
+from train.eval_scoring import predict_clips
 from train.export import load_exported, read_export_config
 from train.preference import groups_of
 
