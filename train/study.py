@@ -110,28 +110,10 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     return run / ROWS
 
 
-def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = DEMO_CONFIGS,
-              cache_root: str | None = "cache", runs_dir: str | Path = "runs/study", out_dir: str | Path = "reports/study",
-              jobs: int = 2, train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS,
-              progress: bool = True) -> dict[str, Any]:
-    """Run every (variant, seed) job, ``jobs`` at a time, and write the study report; returns its JSON."""
-    from train.study_report import write_study
-
-    if not variants or seeds < 1:
-        raise StudyError(f"the study needs variants and seeds >= 1 (got variants {list(variants)}, seeds {seeds})")
-    for v in variants:
-        model = parse_variant(v)[0]
-        if not any(Path(c.format(model=model)).is_absolute() and Path(c.format(model=model)).exists()
-                   or (ROOT / c.format(model=model)).exists() for c in configs if "{model}" in c):
-            raise StudyError(f"variant {v!r}: no configs/model/{model}.yaml; use a model config name")
-    runs_dir = Path(runs_dir).resolve()  # the jobs run in the repository root
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    cache_root = str(Path(cache_root).resolve()) if cache_root is not None else None
-    todo = [(v, s) for s in range(seeds) for v in variants]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    running: list[tuple[str, int, subprocess.Popen, Path]] = []
-    failed: list[dict[str, Any]] = []
+def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str, Any]], *, runs_dir: Path,
+              configs: Sequence[str], controls: Sequence[str], cache_root: str | None, train_args: Sequence[str],
+              jobs: int, env: dict[str, str], t0: float, progress: bool) -> None:
+    """Start each job as a child process, ``jobs`` at a time; record failures (the others go on)."""
     while todo or running:
         while todo and len(running) < max(1, jobs):
             v, s = todo.pop(0)
@@ -156,6 +138,36 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
             if progress:
                 print(f"[study] {'FAILED' if proc.returncode else 'done'} {run_name(v, s)} "
                       f"({time.perf_counter() - t0:.0f} s since start)", file=sys.stderr)
+
+
+def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = DEMO_CONFIGS,
+              cache_root: str | None = "cache", runs_dir: str | Path = "runs/study", out_dir: str | Path = "reports/study",
+              jobs: int = 2, train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS,
+              progress: bool = True) -> dict[str, Any]:
+    """Run every (variant, seed) job, ``jobs`` at a time, and write the study report; returns its JSON."""
+    from train.study_report import write_study
+
+    if not variants or seeds < 1:
+        raise StudyError(f"the study needs variants and seeds >= 1 (got variants {list(variants)}, seeds {seeds})")
+    for v in variants:
+        model = parse_variant(v)[0]
+        if not any(Path(c.format(model=model)).is_absolute() and Path(c.format(model=model)).exists()
+                   or (ROOT / c.format(model=model)).exists() for c in configs if "{model}" in c):
+            raise StudyError(f"variant {v!r}: no configs/model/{model}.yaml; use a model config name")
+    runs_dir = Path(runs_dir).resolve()  # the jobs run in the repository root
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    cache_root = str(Path(cache_root).resolve()) if cache_root is not None else None
+    todo = [(v, s) for s in range(seeds) for v in variants]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    running: list[tuple[str, int, subprocess.Popen, Path]] = []
+    failed: list[dict[str, Any]] = []
+    try:
+        _run_jobs(todo, running, failed, runs_dir=runs_dir, configs=configs, controls=controls, cache_root=cache_root,
+                  train_args=train_args, jobs=jobs, env=env, t0=t0, progress=progress)
+    finally:  # interrupted (Ctrl-C): no job outlives the study
+        for _, _, proc, _ in running:
+            proc.kill()
     results = []
     for v in variants:
         for s in range(seeds):
