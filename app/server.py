@@ -39,9 +39,24 @@ def _ui_errors(fn: Callable) -> Callable:
     return wrapped
 
 
+def _delete_on_reject(component, root: UploadRoot) -> None:
+    """Gradio refuses a file of the wrong type while preprocessing, before any handler runs; delete
+    that upload then too (every upload goes when its request ends, refused or not)."""
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except Exception:
+            root.discard(getattr(payload, "path", None))
+            raise
+    component.preprocess = preprocess
+
+
 def build(h: Handlers):
     """The page; every event has an ``api_name`` (the tests call them through ``gradio_client``)."""
     import gradio as gr
+    import pandas as pd
 
     exports, demos = h.exports(), h.demo_clips()
     slices = reports.slices(h.config.reports)
@@ -62,13 +77,15 @@ def build(h: Handlers):
                                 file_types=list(VIDEO_EXTS), type="filepath")
                 audio = gr.File(label="optional: an audio file replacing the clip's sound",
                                 file_types=list(AUDIO_EXTS), type="filepath")
+            for upload in (video, audio):
+                _delete_on_reject(upload, h.root)
             status = gr.Markdown("No clip loaded.")
             gallery = gr.Gallery(label="frames the model sees (one per second)", columns=10, height=170)
             with gr.Row():
                 with gr.Column(scale=3):
                     cue_table = gr.Dataframe(headers=views.CUE_TABLE_HEADER, datatype=["number", "str"], type="array",
                                              column_count=(2, "fixed"), interactive=True,
-                                             label="text cues per frame (edit; comma-separated)")
+                                             label="text cues per frame (edit; comma-separated)", elem_id="cue-table")
                 with gr.Column(scale=2):
                     captions = gr.Textbox(label="caption(s): one line for every frame, or one line per frame", lines=3)
                     cue_set = gr.Radio(list(h.caption_cues.SETS), value="vocab", label="cue stage set",
@@ -81,7 +98,7 @@ def build(h: Handlers):
             with gr.Row():
                 chart = gr.Image(label="predicted foreground per frame", type="pil", format="png")
                 per_frame = gr.Dataframe(headers=views.FRAME_TABLE_HEADER, label="cues and foreground per frame",
-                                         interactive=False)
+                                         interactive=False, elem_id="per-frame")
         with gr.Tab("Reports"):
             with gr.Row():
                 sl = gr.Dropdown(slices, value=slices[0], label="slice")
@@ -105,7 +122,7 @@ def build(h: Handlers):
 
         def show_slice(s: str) -> tuple[Any, ...]:
             path, header, rows, note = reports.preference_slice(h.config.reports, s)
-            return path, gr.Dataframe(value=rows or None, headers=header or None), note
+            return path, pd.DataFrame(rows, columns=header or None), note
 
         def show_overlays(r: str | None, s: str) -> tuple[Any, str]:
             if not r:

@@ -74,8 +74,8 @@ def foreground_chart(pred: PairPrediction) -> Image.Image:
     ax.set_xlabel("frame (one per second)")
     ax.set_ylabel("predicted foreground %")
     ax.set_ylim(0, max(5.0, 105 * max([*pred.fg_audio, *pred.fg_mute, 0.0])))
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{pred.variant}: foreground per frame")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False,
+              title=f"{pred.variant}: predicted foreground per frame", title_fontsize=9)
     fig.tight_layout()
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

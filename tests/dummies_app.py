@@ -20,12 +20,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 import dummies_eval as D
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_app_world(root: str | Path) -> dict[str, Path]:
+def write_app_world(root: str | Path, *, with_reports: bool = True) -> dict[str, Path]:
     from pipeline import synthavs
     from train.evaluate import evaluate
     from train.preference import run_preference
@@ -35,6 +37,12 @@ def write_app_world(root: str | Path) -> dict[str, Path]:
     media = synthavs.generate(out_root=root / "cache", clips=10, seed=0, workers=1, progress=False)
     manifest = root / "manifests" / "synthavs.parquet"
     synthavs.build_manifest(media, manifest)
+    cfg = yaml.safe_load((export / "config.yaml").read_text())
+    cfg["data"]["manifest"] = str(manifest)  # trained on this SynthAVS: its categories are the cue vocabulary
+    (export / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if not with_reports:
+        return {"root": root, "runs": root / "runs", "export": export, "manifest": manifest,
+                "reports": root / "reports", "media": media}
     # reports of the tiny evaluation world (its own runs folder, so the app offers only the encoder export)
     ev = root / "evalworld"
     world = D.write_world(ev)
@@ -42,7 +50,8 @@ def write_app_world(root: str | Path) -> dict[str, Path]:
     D.write_run(ev, "r_teso", world=world)
     reports = root / "reports"
     evaluate(run="r_teso", runs_root=ev / "runs", reports_root=reports, progress=False)
-    run_preference(runs_root=ev / "runs", out_dir=reports / "preference", reports_root=reports, progress=False)
+    run_preference(runs_root=ev / "runs", out_dir=reports / "preference", reports_root=reports,
+                   conditions=("none", "mute"), progress=False)
     return {"root": root, "runs": root / "runs", "export": export, "manifest": manifest, "reports": reports,
             "media": media}
 
