@@ -17,7 +17,8 @@ import numpy as np
 
 from app import views
 from app.predictor import (CaptionCues, DecodedClip, ModelCache, PredictError, cues_from_table, decode_audio,
-                           decode_video, discard_work, find_exports, load_demo_clip, predict_pair)
+                           decode_video, discard_work, find_exports, load_demo_clip, predict_pair,
+                           training_vocabulary)
 from app.uploads import Limits, UploadError, UploadRoot, check_upload
 from manifests.schema import ManifestError, read_manifest
 
@@ -158,8 +159,8 @@ class Handlers:
         cells = [str(r[1]) if len(r) > 1 and r[1] is not None else "" for r in _table_rows(cue_table)]
         work = self.root.request_dir()
         try:
-            cues = cues_from_table(cells, len(loaded.clip.frames))
             model, cfg = self.models.get(export)
+            cues = cues_from_table(cells, len(loaded.clip.frames), training_vocabulary(cfg))
             pred = predict_pair(model, cfg, loaded.clip, cues, work)
         except (PredictError, ValueError) as e:
             raise UserError(str(e)) from None

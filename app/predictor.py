@@ -78,13 +78,29 @@ class ModelCache:
         return self._models[export_dir][1], self._models[export_dir][2]
 
 
-def cues_from_table(cells: list[str], n_frames: int) -> list[list[str]]:
-    """One cue cell per frame (``"man, guitar"``), normalised like the cue stage's answers."""
+def training_vocabulary(export_cfg: dict[str, Any]):
+    """The label vocabulary of the model's training dataset (its manifest's categories, as ``make cues``
+    builds it); AVSBench's when that manifest is not readable here."""
+    from cues.normalize import VOCAB_DIR, Vocabulary
+    from pipeline.cues import dataset_vocabulary
+
+    data = _raw_data(export_cfg)
+    try:
+        return dataset_vocabulary(read_manifest(data.get("manifest") or manifest_path(data.get("dataset", ""))))
+    except (ManifestError, OSError, ValueError):
+        return Vocabulary.from_file(VOCAB_DIR / "avsbench.yaml")
+
+
+def cues_from_table(cells: list[str], n_frames: int, vocabulary=None) -> list[list[str]]:
+    """One cue cell per frame (``"man, guitar"``), normalised like the cue stage's answers; a cue that
+    names a category of ``vocabulary`` takes its spelling ("drums", as the training cues), others stay."""
     if len(cells) != n_frames:
         raise PredictError(f"the cue table has {len(cells)} rows for {n_frames} frames: one row per frame")
     joined = ";".join(str(c or "").replace(";", ",") for c in cells)
     lists, _ = parse_cues(None, joined, n_frames) if n_frames else ([], "none")
-    return lists
+    if vocabulary is None:
+        return lists
+    return [list(dict.fromkeys(vocabulary.map(c) or c for c in cues)) for cues in lists]
 
 
 @torch.inference_mode()
@@ -140,16 +156,6 @@ class CaptionCues:
         self.memo_dir, self.llm = memo_dir, llm
         self._backends: dict = {}
 
-    def vocabulary(self, export_cfg: dict[str, Any]):
-        from cues.normalize import VOCAB_DIR, Vocabulary
-        from pipeline.cues import dataset_vocabulary
-
-        data = _raw_data(export_cfg)
-        try:
-            return dataset_vocabulary(read_manifest(data.get("manifest") or manifest_path(data.get("dataset", ""))))
-        except (ManifestError, OSError, ValueError):
-            return Vocabulary.from_file(VOCAB_DIR / "avsbench.yaml")
-
     def __call__(self, captions: list[str], cue_set: str, export_cfg: dict[str, Any]) -> list[list[str]]:
         from cues.hub import SMOLLM2
         from cues.memo import Memo
@@ -159,7 +165,7 @@ class CaptionCues:
         if cue_set not in self.SETS:
             raise PredictError(f"cue set {cue_set!r}: choose one of {list(self.SETS)}")
         (spec,) = parse_sets(cue_set)
-        source = build_source(spec, vocabulary=self.vocabulary(export_cfg), memo=Memo(self.memo_dir),
+        source = build_source(spec, vocabulary=training_vocabulary(export_cfg), memo=Memo(self.memo_dir),
                               backends=self._backends, model=self.llm or SMOLLM2, gguf_file=None, closed=True,
                               structured=True, repair=True, max_cues=DEFAULT_MAX_CUES, max_new_tokens=112,
                               llm_batch_size=8, tensor_parallel_size=1)

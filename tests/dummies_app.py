@@ -27,7 +27,7 @@ import dummies_eval as D
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_app_world(root: str | Path, *, with_reports: bool = True) -> dict[str, Path]:
+def write_app_world(root: str | Path) -> dict[str, Path]:
     from pipeline import synthavs
     from train.evaluate import evaluate
     from train.preference import run_preference
@@ -40,9 +40,6 @@ def write_app_world(root: str | Path, *, with_reports: bool = True) -> dict[str,
     cfg = yaml.safe_load((export / "config.yaml").read_text())
     cfg["data"]["manifest"] = str(manifest)  # trained on this SynthAVS: its categories are the cue vocabulary
     (export / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if not with_reports:
-        return {"root": root, "runs": root / "runs", "export": export, "manifest": manifest,
-                "reports": root / "reports", "media": media}
     # reports of the tiny evaluation world (its own runs folder, so the app offers only the encoder export)
     ev = root / "evalworld"
     world = D.write_world(ev)
@@ -54,6 +51,16 @@ def write_app_world(root: str | Path, *, with_reports: bool = True) -> dict[str,
                    conditions=("none", "mute"), progress=False)
     return {"root": root, "runs": root / "runs", "export": export, "manifest": manifest, "reports": reports,
             "media": media}
+
+
+_SHARED: dict[str, dict[str, Path]] = {}
+
+
+def shared_world(tmp_path_factory) -> dict[str, Path]:
+    """One app world per test session: every app test module reads it, none writes to it."""
+    if "world" not in _SHARED:
+        _SHARED["world"] = write_app_world(tmp_path_factory.mktemp("app_world"))
+    return _SHARED["world"]
 
 
 def free_port() -> int:

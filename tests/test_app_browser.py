@@ -31,7 +31,7 @@ TIMEOUT_MS = 240_000  # a loaded 2-core machine: the first prediction builds the
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app_browser")
-    world = A.write_app_world(root / "world", with_reports=False)
+    world = A.shared_world(tmp_path_factory)
     proc, url = A.start_server(world, root / "tmp")
     yield url
     proc.terminate()
