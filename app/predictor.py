@@ -19,10 +19,12 @@ from PIL import Image
 
 from manifests.schema import ManifestError, manifest_path, read_manifest
 from train.data import collate_clips
-from train.evaluate import forward_batch
+from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config
-from train.predict import (THRESHOLD, DecodedClip, PredictError, clip_item, decode_audio, decode_video, parse_cues,
-                           read_frames_dir, run_features, training_categories, user_cues_dir, write_clip)
+from train.predict import THRESHOLD
+from train.predict_media import DecodedClip, PredictError, decode_audio, decode_video, read_frames_dir
+from train.predict_stages import (clip_item, parse_cues, run_features, training_categories, user_cues_dir,
+                                  write_clip)
 
 __all__ = ["THRESHOLD", "DecodedClip", "PredictError", "decode_audio", "decode_video", "read_frames_dir",
            "PairPrediction", "predict_pair", "cues_from_table", "CaptionCues", "find_exports"]
