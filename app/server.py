@@ -107,7 +107,8 @@ def build(h: Handlers):
             pref_chart = gr.Image(label="preference chart", type="filepath", interactive=False)
             pref_table = gr.Dataframe(label="preference table", interactive=False)
             ov_note = gr.Markdown()
-            ov_gallery = gr.Gallery(label="overlay strips of the run in this slice", columns=1, height="auto")
+            ov_gallery = gr.Gallery(label="overlay strips of the run in this slice", columns=1, height=560,
+                                    object_fit="contain")
 
         clip_out = [loaded, gallery, cue_table, captions, status]
         video.upload(_ui_errors(h.load_video), video, clip_out, api_name="load_video").then(
