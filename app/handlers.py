@@ -21,6 +21,7 @@ from app.predictor import (CaptionCues, DecodedClip, ModelCache, PredictError, c
                            training_vocabulary)
 from app.uploads import Limits, UploadError, UploadRoot, check_upload
 from manifests.schema import ManifestError, read_manifest
+from train.predict_media import SAMPLE_RATE
 
 
 class UserError(ValueError):
@@ -78,7 +79,7 @@ class Handlers:
         clip = loaded.clip
         status = [f"Loaded {loaded.source}: {len(clip.frames)} frames (one per second), "
                   + ("no audio track (treated as mute)" if clip.audio is None else
-                     f"{len(clip.audio) / 16000:.1f} s of audio")
+                     f"{len(clip.audio) / SAMPLE_RATE:.1f} s of audio")
                   + ("; ground truth known" if loaded.gt is not None else "") + "."]
         status += [f"- note: {w}" for w in clip.warnings]
         caption_text = "\n".join(dict.fromkeys(c for c in (captions or []) if c))
@@ -113,7 +114,7 @@ class Handlers:
             self.root.discard(upload)
         clip = dataclasses.replace(loaded.clip, audio=wave, warnings=[w for w in loaded.clip.warnings if "MUTE" not in w])
         new = LoadedClip(clip, f"{loaded.source} with the sound of {Path(upload).name}", loaded.gt)
-        return new, f"Sound replaced: {len(wave) / 16000:.1f} s of {Path(upload).name}." if wave is not None else \
+        return new, f"Sound replaced: {len(wave) / SAMPLE_RATE:.1f} s of {Path(upload).name}." if wave is not None else \
             f"{Path(upload).name} has no audio stream: the clip is now mute."
 
     def load_demo(self, uid: str | None) -> tuple[Any, ...]:

@@ -54,7 +54,7 @@ def check_upload(path: str | Path, kind: str, limits: Limits) -> float | None:
         raise UploadError(f"{name}: not a {kind} file; upload one of {', '.join(allowed)}")
     size_mb = path.stat().st_size / 1e6
     if size_mb > limits.max_mb:
-        raise UploadError(f"{name}: {size_mb:.1f} MB is over the {limits.max_mb:g} MB upload limit; "
+        raise UploadError(f"{name}: {size_mb:.3g} MB is over the {limits.max_mb:g} MB upload limit; "
                           f"upload a shorter or smaller clip")
     try:
         with av.open(str(path)) as container:
@@ -74,7 +74,8 @@ def check_upload(path: str | Path, kind: str, limits: Limits) -> float | None:
 class UploadRoot:
     """The app's private folder for Gradio's uploads and outputs; deleted when the app stops."""
 
-    def __init__(self, parent: str | Path | None = None) -> None:
+    def __init__(self, parent: str | Path | None = None, *, on_exit: bool = True) -> None:
+        """``on_exit``: delete the folder at interpreter exit and on SIGTERM/SIGHUP (the server's case)."""
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix="teso-app-", dir=parent)).resolve()
@@ -83,9 +84,10 @@ class UploadRoot:
         self.work.mkdir()
         self.gradio = self.path / "gradio"  # read by Gradio at import: create this before importing it
         os.environ["GRADIO_TEMP_DIR"] = str(self.gradio)
-        atexit.register(self.cleanup)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        if on_exit:
+            atexit.register(self.cleanup)
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self.cleanup()
