@@ -89,7 +89,8 @@ def build(h: Handlers):
                 with gr.Column(scale=2):
                     captions = gr.Textbox(label="caption(s): one line for every frame, or one line per frame", lines=3)
                     cue_set = gr.Radio(list(h.caption_cues.SETS), value="vocab", label="cue stage set",
-                                       info="vocab: category names in the caption (instant); cot/direct: ask the cue LLM (slow on a CPU)")
+                                       info="vocab: category names in the caption (instant); "
+                                            "cot/direct: ask the cue LLM (slow on a CPU)")
                     cue_btn = gr.Button("Cues from caption")
             predict_btn = gr.Button("Predict (with sound and muted)", variant="primary")
             summary = gr.Markdown()
