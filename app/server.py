@@ -124,7 +124,7 @@ def build(h: Handlers):
 
         def show_slice(s: str) -> tuple[Any, ...]:
             path, header, rows, note = reports.preference_slice(h.config.reports, s)
-            return path, pd.DataFrame(rows, columns=header or None), note
+            return path, pd.DataFrame(rows, columns=header or ["model"]), note
 
         def show_overlays(r: str | None, s: str) -> tuple[Any, str]:
             if not r:
