@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.encoders.text import MiniLMText
-from pipeline.features import frame_cues, run_text
+from pipeline.feature_stages import frame_cues
+from pipeline.features import run_text
 from pipeline.store import FeatureStore, FeatureStoreError
 from tests.dummies_features import tiny_synthavs, write_cues
 
