@@ -23,12 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
+
 SUBSETS = ("s4", "ms3", "avss", "null")
 SPLITS = ("train", "val", "test")
 MASK_KINDS = ("binary", "rgb_palette", "class_index")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest, or a path in it, is invalid. The message names the file and the problem."""
 
 

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0 = torch default); 1 is fastest on a busy CPU, where spinning threads collide")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="keep the failed rows of finished shards as they are (default: compute them again)")
     a = p.parse_args(argv)
     what = [w.strip() for w in a.what.split(",") if w.strip()]
     unknown = sorted(set(what) - {"audio", "visual", "text"})
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--what: unknown {unknown}")
     manifest = read_manifest(a.manifest or manifest_path(a.dataset))
     run_kw = dict(cache_root=a.cache_root, dataset=a.dataset, shard_size=a.shard_size, num_shards=a.num_shards,
-                  shard_index=a.shard_index, progress=not a.no_progress)
+                  shard_index=a.shard_index, progress=not a.no_progress, retry_failed=not a.no_retry_failed)
     failed, total = False, 0
     if "visual" in what:
         enc = TorchThreads(build_visual(a.visual_encoder, a.visual_model, a.device), a.threads)

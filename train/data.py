@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from manifests.schema import manifest_path, read_manifest
+from pipeline.errors import UserError
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
 from train.batch import AVSBatch
@@ -33,7 +34,7 @@ from train.batch import AVSBatch
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(UserError, ValueError):
     """A feature cache cannot serve this configuration; the message names the cache and the problem."""
 
 
@@ -332,6 +333,7 @@ class AVSDataModule(pl.LightningDataModule):
                                     f"{self.clip_len} frames (e.g. {r['uid']}: {r['n_rows']} rows, n_frames={r['n_frames']})")
         want = pd.DataFrame({"uid": np.repeat(clips["uid"].to_numpy(), self.clip_len),
                              "frame_idx": np.tile(np.arange(self.clip_len), len(clips))})
+        problems = []  # every cache's, so one message lists all that need the features stage again
         for kind, store in self._stores.items():
             idx = store.index[["uid", "frame_idx", "failure"]]
             m = want.merge(idx, on=["uid", "frame_idx"], how="left")
@@ -339,9 +341,12 @@ class AVSDataModule(pl.LightningDataModule):
             failed = m[m["failure"].fillna("") != ""]
             for rows, what in ((missing, "missing from"), (failed, "failed in")):
                 if len(rows):
-                    ex = ", ".join(f"{u}/{f}" for u, f in rows[["uid", "frame_idx"]].head(5).itertuples(index=False))
-                    raise FeatureCacheError(f"{store.dir}: {len(rows)} {split} frames are {what} the {kind} cache "
-                                            f"(e.g. {ex}); re-run the features stage")
+                    ex = ", ".join(f"{u}/{f}" + (f" ({e})" if isinstance(e, str) and e else "")
+                                   for u, f, e in rows[["uid", "frame_idx", "failure"]].head(3).itertuples(index=False))
+                    problems.append(f"{len(rows)} {split} frames are {what} the {kind} cache (e.g. {ex}) at {store.dir}")
+        if problems:
+            raise FeatureCacheError("; ".join(problems) + ". Fix the named files, then run `make features` (it "
+                                    "computes failed rows again) and train again")
 
     def split_dataset(self, stage: str) -> ClipDataset:
         """The :class:`ClipDataset` serving a Lightning stage (``train``/``val``/``test``)."""
