@@ -106,8 +106,14 @@ def safe_relpath(rel: str, *, what: str = "path", source: str = "") -> str:
 
 
 def resolve(data_root: str | Path, rel: str) -> Path:
-    """Join a manifest path onto the data root after :func:`safe_relpath` checks it."""
-    return Path(data_root) / safe_relpath(rel)
+    """Join a manifest path onto the data root after :func:`safe_relpath` checks it; the resolved
+    path (symlinks followed) must stay inside the resolved data root."""
+    path = Path(data_root) / safe_relpath(rel)
+    root, real = Path(data_root).resolve(), path.resolve()
+    if not real.is_relative_to(root):
+        raise ManifestError(f"{path}: resolves to {real}, outside the data root {root} (a symlink?); "
+                            "copy the file into the data root or fix the link")
+    return path
 
 
 def validate_rows(df: pd.DataFrame, *, source: str = "manifest") -> None:

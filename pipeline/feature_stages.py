@@ -15,10 +15,10 @@ import pandas as pd
 from PIL import Image
 
 from manifests.schema import Manifest
-from pipeline.encoders.audio import AudioError, load_mono_16k, parse_perturb, perturb, signal_power
-from pipeline.encoders.logmel import waveform_to_examples
+from pipeline.encoders.audio import AudioError, parse_perturb, perturb, read_audio, signal_power
+from pipeline.encoders.logmel import to_mono_16k, waveform_to_examples
 from pipeline.encoders.visual import LEVELS, normalise  # torch is imported lazily inside
-from pipeline.media import FrameError, decode_mask, load_image
+from pipeline.media import ClipImageSizes, FrameError, check_audio, check_covers, decode_mask, load_image
 from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage
 
 FEATURES_VERSION = 1
@@ -58,7 +58,8 @@ class AudioStage(Stage):
         self.encoder, self.manifest = encoder, manifest
         self.tag, self.snr_db = parse_perturb(perturb)
         self.seed, self.batch_size = seed, batch_size
-        self._memo: OrderedDict[tuple[str, int], tuple[np.ndarray, str]] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, int], tuple[np.ndarray, str, float]] = OrderedDict()
+        self.clip_end = manifest.frames.groupby("uid")["audio_end_s"].max().to_dict()
 
     def config(self) -> dict[str, Any]:
         return {"version": FEATURES_VERSION, "encoder": self.encoder.info(), "perturb": self.tag,
@@ -70,14 +71,17 @@ class AudioStage(Stage):
     def setup(self) -> None:
         self.encoder.setup()
 
-    def clip_embeddings(self, audio_path: str, uid: str, seconds: int) -> tuple[np.ndarray, str]:
-        """``[>= seconds, D]`` float32 for one clip, and a warning ('' if none). Memoised per clip."""
+    def clip_embeddings(self, audio_path: str, uid: str, seconds: int) -> tuple[np.ndarray, str, float]:
+        """``[>= seconds, D]`` float32 for one clip, a warning ('' if none) and the file's duration in
+        seconds. Memoised per clip."""
         key = (audio_path, seconds)
         if key in self._memo:
             return self._memo[key]
         path = self.manifest.abspath(audio_path)
         sr = self.encoder.frontend.sample_rate
-        wave = load_mono_16k(path, sr)
+        data, file_sr = read_audio(path)
+        duration = check_audio(path, len(data), file_sr, self.clip_end.get(uid, seconds))  # the whole clip's
+        wave = to_mono_16k(data, file_sr, sr)
         warnings = []
         if signal_power(wave) == 0.0:
             warnings.append(f"{path}: silent audio (all samples zero)")
@@ -86,7 +90,7 @@ class AudioStage(Stage):
             warnings.append(f"{path}: {len(wave) / sr:.2f} s of audio for {seconds} frames; zero-padded")
             wave = np.pad(wave, (0, seconds * sr - len(wave)))
         emb = self.encoder.embed(waveform_to_examples(wave, sr, self.encoder.frontend))
-        self._memo[key] = (emb, "; ".join(warnings))
+        self._memo[key] = (emb, "; ".join(warnings), duration)
         while len(self._memo) > 16:
             self._memo.popitem(last=False)
         return self._memo[key]
@@ -101,7 +105,8 @@ class AudioStage(Stage):
                 if not 0 <= it.frame_idx < it.n_frames:
                     raise FrameError(f"{it.uid}: frame_idx {it.frame_idx} outside the clip's {it.n_frames} frames")
                 seconds = max(int(it.n_frames), int(math.ceil(it.audio_end_s - 1e-6)))
-                emb, warning = self.clip_embeddings(it.audio_path, it.uid, seconds)
+                emb, warning, duration = self.clip_embeddings(it.audio_path, it.uid, seconds)
+                check_covers(self.manifest.abspath(it.audio_path), duration, it.frame_idx, it.audio_end_s)
                 if not 0 <= second < len(emb):
                     raise FrameError(f"{self.manifest.abspath(it.audio_path)}: no audio example for second {second}")
                 vec = emb[second].astype(np.float16)
@@ -147,6 +152,7 @@ class VisualStage(Stage):
         self.levels = tuple(sorted(levels, key=LEVELS.index))
         self.input_size, self.mask_size, self.batch_size = input_size, mask_size, batch_size
         self.categories = list(manifest.meta.get("categories", []))
+        self.clip_sizes = ClipImageSizes(manifest)
 
     def config(self) -> dict[str, Any]:
         return {"version": FEATURES_VERSION, "encoder": self.encoder.info(), "levels": list(self.levels),
@@ -162,11 +168,15 @@ class VisualStage(Stage):
     def setup(self) -> None:
         self.encoder.setup()
 
-    def masks(self, it) -> tuple[np.ndarray, np.ndarray, int]:
+    def masks(self, it, image_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, int]:
         m = (self.mask_size, self.mask_size)
         if not it.mask_path:
             return np.zeros(m, np.uint8), np.zeros(m, np.uint8), 0
-        cls = decode_mask(self.manifest.abspath(it.mask_path), it.mask_kind, self.categories)
+        path = self.manifest.abspath(it.mask_path)
+        cls = decode_mask(path, it.mask_kind, self.categories)
+        if image_size is not None and cls.shape[::-1] != image_size:  # both are resized below: a mismatch would misalign them silently
+            raise FrameError(f"{path}: mask is {cls.shape[1]}x{cls.shape[0]}, its frame "
+                             f"{image_size[0]}x{image_size[1]}; fix or replace the mask or the frame")
         # nearest keeps labels discrete; the binary mask is derived after resizing so both agree
         cls = np.asarray(Image.fromarray(cls).resize(m, Image.NEAREST))
         binary = (cls > 0).astype(np.uint8)
@@ -186,8 +196,9 @@ class VisualStage(Stage):
             try:
                 if not 0 <= it.frame_idx < it.n_frames:
                     raise FrameError(f"{it.uid}: frame_idx {it.frame_idx} outside the clip's {it.n_frames} frames")
-                img = load_image(self.manifest.abspath(it.image_path), self.input_size)
-                arrays["mask"][i], arrays["class_mask"][i], arrays["mask_valid"][i] = self.masks(it)
+                size = self.clip_sizes.expected(it.uid)
+                img = load_image(self.manifest.abspath(it.image_path), self.input_size, expect_size=size)
+                arrays["mask"][i], arrays["class_mask"][i], arrays["mask_valid"][i] = self.masks(it, size)
                 images.append(img)
                 ok.append(i)
             except FrameError as exc:
