@@ -29,9 +29,15 @@ import pandas as pd
 
 from cues.normalize import Vocabulary
 from manifests.schema import Manifest, manifest_path, read_manifest
-from pipeline.runner import FAILURE, StageError, latest, read_card, read_stage
+from pipeline.errors import StageError, run_cli
+from pipeline.runner import FAILURE, latest, read_card, read_stage
 
 REPORT_FILE = "cue_quality.json"
+
+
+def report_path(cue_dir: str | Path) -> Path:
+    """``<cue dir>.cue_quality.json`` beside (never inside) the finished cache it describes."""
+    return Path(cue_dir).parent / f"{Path(cue_dir).name}.{REPORT_FILE}"
 COLUMNS = ("clips", "precision", "recall", "f1", "silent_cued", "ok_or_repaired", "empty", "memo_hit_rate")
 
 
@@ -86,7 +92,7 @@ def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = Tr
                             for s in sorted(set(rows["uid"].map(subset).dropna()))}
         res["dir"] = str(d)
         if write:
-            (Path(d) / REPORT_FILE).write_text(json.dumps(res, indent=2))
+            report_path(d).write_text(json.dumps(res, indent=2))
         report[tag] = res
     return report
 
@@ -134,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -180,7 +180,11 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found (build it first, e.g. `make data`)")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({type(exc).__name__}); rebuild it "
+                            "(`make data`, or `python -m pipeline.avsbench` for AVSBench)") from None
     raw = (table.schema.metadata or {}).get(b"teso")
     if raw is None:
         raise ManifestError(f"{path}: not a TeSO manifest (no 'teso' metadata)")

@@ -32,6 +32,10 @@ class ConfigError(UserError, ValueError):
     """A command line option or config value is invalid; the message names it."""
 
 
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or package the command needs is not there; the message says how to get it."""
+
+
 def error_line(exc: BaseException) -> str:
     """The one ``error: ...`` line a CLI prints (library messages may span lines)."""
     return "error: " + " ".join(str(exc).split())
@@ -59,4 +63,4 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None 
             raise
         print(error_line(exc), file=sys.stderr)
         return USER_ERROR_EXIT
-    return int(code or 0)
+    return code if isinstance(code, int) else 0

@@ -18,6 +18,7 @@ from manifests.schema import Manifest
 from pipeline.encoders.audio import AudioError, parse_perturb, perturb, read_audio, signal_power
 from pipeline.encoders.logmel import to_mono_16k, waveform_to_examples
 from pipeline.encoders.visual import LEVELS, normalise  # torch is imported lazily inside
+from pipeline.errors import ConfigError
 from pipeline.media import ClipImageSizes, FrameError, check_audio, check_covers, decode_mask, load_image
 from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage
 
@@ -147,7 +148,7 @@ class VisualStage(Stage):
                  mask_size: int = MASK_SIZE, batch_size: int = VISUAL_BATCH) -> None:
         bad = [lv for lv in levels if lv not in LEVELS]
         if bad or not levels:
-            raise ValueError(f"--levels {list(levels)}: choose from {list(LEVELS)}")
+            raise ConfigError(f"--levels {list(levels)}: choose from {list(LEVELS)}")
         self.encoder, self.manifest = encoder, manifest
         self.levels = tuple(sorted(levels, key=LEVELS.index))
         self.input_size, self.mask_size, self.batch_size = input_size, mask_size, batch_size

@@ -32,6 +32,7 @@ from pipeline.encoders.audio import parse_perturb
 from pipeline.encoders.text import build_text
 from pipeline.encoders.visual import LEVELS, build_visual
 from pipeline.encoders.yamnet import YAMNetEncoder
+from pipeline.errors import ConfigError, run_cli
 from pipeline.feature_stages import (AUDIO_ENCODER, CUE_SETS, DEMO_LEVELS, INPUT_SIZE, ITEM_COLUMNS, MASK_SIZE, MAX_CUES,
                                      TEXT_ENCODER, VISUAL_BATCH, VISUAL_ENCODER, AudioStage, TextStage, VisualStage)
 from pipeline.runner import StageResult, latest, print_summary, read_card, read_stage, run_stage
@@ -69,7 +70,7 @@ def build_audio(name: str, *, vggish_weights=None, vggish_pca=None, yamnet_model
         from pipeline.encoders.vggish import VGGishEncoder  # torch network: import only when chosen
 
         return VGGishEncoder(vggish_weights, vggish_pca)
-    raise ValueError(f"unknown audio encoder {name!r}; choose yamnet or vggish")
+    raise ConfigError(f"unknown audio encoder {name!r}; choose yamnet or vggish")
 
 
 def run_audio(manifest: Manifest, encoder, *, perturb: str = "none", seed: int = 0, cache_root="cache",
@@ -199,4 +200,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from manifests.schema import FrameRow, manifest_path, write_manifest
 from pipeline import media_draw, media_sounds
+from pipeline.errors import run_cli
 from pipeline.fingerprint import file_hash, fingerprint
 
 DATASET = "synthavs"
@@ -603,4 +604,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -1,7 +1,6 @@
 """Captions stage: reference captioner, tiny BLIP through the real path, bad images, BLIP-2 selection,
 frame selection, offline hub ids, several processes."""
 import io
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from cues.hub import ModelNotAvailable
 from manifests.schema import read_manifest
 from pipeline.captions import CaptionStage, captioner_classes, captions_for_frames, run_captions, select_frames
-from pipeline.runner import print_summary, read_card, read_stage
+from pipeline.runner import latest, print_summary, read_card, read_stage
 from tests.dummies_cues import SCENES, tiny_blip, tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,4 +142,4 @@ def test_two_processes_split_one_output(tmp_path):
     assert p1.returncode == 0, p1.stderr
     rows = read_stage(out)
     assert len(rows) == 12 and not rows.duplicated(["uid", "frame_idx"]).any()
-    assert json.loads((tmp_path / "c" / "tiny" / "captions" / "latest.json").read_text())["dir"] == str(out)
+    assert latest(tmp_path / "c", "tiny", "captions") == out

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import ConfigError, MissingInputError
+
 LEVELS = ("s4", "s8", "s16", "s32")
 STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
 # EfficientNet-Lite was trained on TF's [-1, 1] scaling, not ImageNet mean/std (it classifies
@@ -30,7 +32,7 @@ LITE0_STAGE_END = {"s4": 2, "s8": 4, "s16": 10, "s32": 15}  # block index closin
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"PyPI package {name!r} is not installed: run `make setup`")
+        raise MissingInputError(f"PyPI package {name!r} is not installed: run `make setup`")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -182,6 +184,6 @@ def build_visual(name: str, model: str | None = None, device: str = "cpu"):
         return EfficientNetLite0(model, device)
     if name == "mask2former":
         if not model:
-            raise ValueError("mask2former needs --visual-model ID_OR_PATH (paper: facebook/mask2former-swin-base-ade-semantic)")
+            raise ConfigError("mask2former needs --visual-model ID_OR_PATH (paper: facebook/mask2former-swin-base-ade-semantic)")
         return Mask2FormerBackbone(model, device)
-    raise ValueError(f"unknown visual encoder {name!r}; choose efficientnet-lite0 or mask2former")
+    raise ConfigError(f"unknown visual encoder {name!r}; choose efficientnet-lite0 or mask2former")
