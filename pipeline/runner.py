@@ -274,7 +274,7 @@ def run_stage(
     rows = read_shards(out, n_shards, stage=stage.name) if complete else pd.DataFrame()
     failures = _failures(rows, stage.key_columns) if complete else []
     if complete:
-        if not skipped or not (out / COMPLETED).exists() or not (out / CARD).exists():
+        if not skipped or not (out / COMPLETED).exists() or not _card_readable(out):
             card = {
                 "stage": stage.name, "dataset": dataset, "fingerprint": fp, "config": config, "inputs": inputs,
                 "n_items": len(items), "n_shards": n_shards, "n_failed": len(failures),
@@ -290,6 +290,13 @@ def run_stage(
                    _pointer(cache_root, dataset, stage.name, tag))
     return StageResult(out, fp, len(rows), failures, time.perf_counter() - t0, complete, skipped,
                        n_retried, n_still_failed, damaged)
+
+
+def _card_readable(out: Path) -> bool:
+    try:
+        return isinstance(json.loads((out / CARD).read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _failures(rows: pd.DataFrame, key_columns: Iterable[str]) -> list[dict[str, Any]]:
