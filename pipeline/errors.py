@@ -53,11 +53,11 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None 
     becomes one ``error:`` line and 2, unless debugging; ``main``'s int return (or None = 0) passes
     through. Use as ``sys.exit(run_cli(main))`` under ``if __name__ == "__main__":``.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_enabled(args)
-    args = [a for a in args if a != DEBUG_FLAG]
+    debug = debug_enabled(argv)
+    if argv is None:  # main parses sys.argv itself (LightningCLI warns when given both)
+        sys.argv = [a for a in sys.argv if a != DEBUG_FLAG]
     try:
-        code = main(args)
+        code = main(None if argv is None else [a for a in argv if a != DEBUG_FLAG])
     except (UserError, *user_errors) as exc:
         if debug:
             raise
