@@ -154,6 +154,7 @@ class ShardChecker:
     def __init__(self, out: Path, *, stage: str | None = None, verify: bool | None = None) -> None:
         self.out, self.stage, self.verify = Path(out), stage, verify_requested(verify)
         self._records: dict[int, dict[str, Any] | None] = {}
+        self._hashed: set[str] = set()  # files already verified by hash: a re-map only checks the size
 
     def check(self, k: int, name: str) -> Path:
         """The path of file ``name`` of shard ``k``; raises :class:`CorruptShardError` if it is damaged."""
@@ -167,7 +168,9 @@ class ShardChecker:
             return path  # written before commit records existed: nothing to check against
         if record["files"] is None:
             raise damaged_error(self.out / commit_name(k), "unreadable commit record", self.stage)
-        problem = file_problem(path, record["files"].get(name), verify=self.verify)
+        problem = file_problem(path, record["files"].get(name), verify=self.verify and name not in self._hashed)
         if problem:
             raise damaged_error(path, problem, self.stage)
+        if self.verify:
+            self._hashed.add(name)
         return path

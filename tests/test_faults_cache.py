@@ -149,3 +149,17 @@ def test_training_names_every_cache_with_failed_rows(tmp_path):
     assert "val frames are failed in the audio cache (e.g. val000/2 (audio file unreadable)" in msg
     assert "val frames are failed in the visual cache (e.g. val000/2 (visual file unreadable)" in msg
     assert msg.endswith("run `make features` (it computes failed rows again) and train again")
+
+
+def test_training_with_verify_shards_finds_changed_bytes(tmp_path):
+    from tests.dummies_train import write_tiny_dataset
+    from tests.test_train_data import make_dm
+
+    manifest = write_tiny_dataset(tmp_path)
+    npy = latest(tmp_path / "cache", "tiny", "audio", "none") / "shard-00000.audio.npy"
+    data = bytearray(npy.read_bytes())
+    data[-3] ^= 0x01
+    npy.write_bytes(bytes(data))
+    make_dm(tmp_path, manifest).split_dataset("train")[0]  # sizes agree: read without hashing
+    with pytest.raises(CorruptShardError, match=rf"{npy}: damaged shard file \(content changed"):
+        make_dm(tmp_path, manifest, verify_shards=True).split_dataset("train")[0]

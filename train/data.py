@@ -104,6 +104,7 @@ class CacheSpec:
     expect_audio: dict | None
     expect_visual: dict | None
     expect_text: dict | None
+    verify: bool = False  # hash each shard file against its commit record (else sizes only)
 
 
 class ClipDataset(Dataset):
@@ -125,9 +126,8 @@ class ClipDataset(Dataset):
     def stores(self) -> tuple[FeatureStore, FeatureStore, FeatureStore]:
         if self._stores is None:
             s = self.spec
-            self._stores = (FeatureStore(s.audio_dir, expect=s.expect_audio),
-                            FeatureStore(s.visual_dir, expect=s.expect_visual),
-                            FeatureStore(s.text_dir, expect=s.expect_text))
+            self._stores = tuple(FeatureStore(d, expect=e, verify=s.verify) for d, e in (
+                (s.audio_dir, s.expect_audio), (s.visual_dir, s.expect_visual), (s.text_dir, s.expect_text)))
             # [V, Dt]; small (one row per distinct cue string), so it is held in memory
             self._cue_table = torch.as_tensor(np.asarray(self._stores[2].cue_table), dtype=torch.float32)
         return self._stores
@@ -209,6 +209,7 @@ class AVSDataModule(pl.LightningDataModule):
         unmap_every: clips read between unmapping the caches' shards: the mapped pages a reader
             has touched count toward its RSS, so this bounds resident feature memory to about that
             many clips whatever the cache size (re-mapping costs ~2.5 ms per clip, hence not every clip).
+        verify_shards: hash every shard file against its commit record when first read (default: sizes).
     """
 
     def __init__(
@@ -238,9 +239,11 @@ class AVSDataModule(pl.LightningDataModule):
         class_masks: bool = False,
         seed: int = 0,
         unmap_every: int = 8,
+        verify_shards: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.verify_shards = verify_shards
         self.dataset = dataset
         self.manifest_path = Path(manifest) if manifest else manifest_path(dataset)
         self.cache_root = Path(cache_root)
@@ -295,10 +298,10 @@ class AVSDataModule(pl.LightningDataModule):
     def _open_spec(self) -> CacheSpec:
         if self._spec is None:
             dirs = {k: self.cache_dir(k) for k in ("audio", "visual", "text")}
-            stores = {k: FeatureStore(d, expect=self.expect[k]) for k, d in dirs.items()}
+            stores = {k: FeatureStore(d, expect=self.expect[k], verify=self.verify_shards) for k, d in dirs.items()}
             self._check_dims(stores)
             self._spec = CacheSpec(dirs["audio"], dirs["visual"], dirs["text"], self.levels,
-                                   self.expect["audio"], self.expect["visual"], self.expect["text"])
+                                   self.expect["audio"], self.expect["visual"], self.expect["text"], self.verify_shards)
             self._stores = stores
         return self._spec
 
