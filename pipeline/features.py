@@ -32,7 +32,7 @@ from pipeline.encoders.audio import parse_perturb
 from pipeline.encoders.text import build_text
 from pipeline.encoders.visual import LEVELS, build_visual
 from pipeline.encoders.yamnet import YAMNetEncoder
-from pipeline.errors import ConfigError, run_cli
+from pipeline.errors import ConfigError, StageError, run_cli
 from pipeline.feature_stages import (AUDIO_ENCODER, CUE_SETS, DEMO_LEVELS, INPUT_SIZE, ITEM_COLUMNS, MASK_SIZE, MAX_CUES,
                                      TEXT_ENCODER, VISUAL_BATCH, VISUAL_ENCODER, AudioStage, TextStage, VisualStage)
 from pipeline.runner import StageResult, latest, print_summary, read_card, read_stage, run_stage
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(a.manifest or manifest_path(a.dataset))
     run_kw = dict(cache_root=a.cache_root, dataset=a.dataset, shard_size=a.shard_size, num_shards=a.num_shards,
                   shard_index=a.shard_index, progress=not a.no_progress, retry_failed=not a.no_retry_failed)
-    failed, total = False, 0
+    missing_cues, total = "", 0
     if "visual" in what:
         enc = TorchThreads(build_visual(a.visual_encoder, a.visual_model, a.device), a.threads)
         res = run_visual(manifest, enc, levels=tuple(a.levels.split(",")), input_size=a.input_size,
@@ -180,10 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     if "text" in what:
         sets = [s for s in CUE_SETS if (Path(a.cache_root) / a.dataset / "cues" / f"latest-{s}.json").exists()] \
             if a.cue_sets == "auto" else [s.strip() for s in a.cue_sets.split(",") if s.strip()]
-        if not sets:
-            print(f"[features/text] no finished cue stage under {Path(a.cache_root) / a.dataset / 'cues'}; "
-                  "run `make cues` first", file=sys.stderr)
-            failed = True
+        if not sets:  # said at the end, after the other caches are done
+            missing_cues = (f"{Path(a.cache_root) / a.dataset / 'cues'}: no finished cue stage, so no text features; "
+                            "run `make cues` first")
         elif "cot" not in sets:
             print(f"[features/text] note: no 'cot' cue set (training's default); text caches for {sets} only",
                   file=sys.stderr)
@@ -195,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[features/text[{cue_set}]] cue table {len(json.loads((res.out_dir / CUE_VOCAB).read_text()))} "
                       f"strings, {(res.out_dir / CUE_TABLE).stat().st_size} bytes", file=sys.stderr)
     print(f"[features] caches total {total / 2**20:.1f} MiB on disk", file=sys.stderr)
-    if failed:
-        sys.exit(1)
+    if missing_cues:
+        raise StageError(missing_cues)
 
 
 if __name__ == "__main__":

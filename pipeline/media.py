@@ -44,6 +44,13 @@ def avsbench_palette(num_classes: int) -> np.ndarray:
     return pal
 
 
+def _check_present(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FrameError(f"{path}: {what} file not found")
+    if path.stat().st_size == 0:
+        raise FrameError(f"{path}: zero-byte {what} file")
+
+
 def decode_mask(path: Path, kind: str, categories: list[str]) -> np.ndarray:
     """Ground-truth image -> ``[H, W]`` uint8 class map (0 background, c+1 = category c; 255 =
     foreground of unknown class for ``binary`` masks).
@@ -52,10 +59,7 @@ def decode_mask(path: Path, kind: str, categories: list[str]) -> np.ndarray:
     index j = category j-1 of the manifest's ``categories`` (AVSBench's label order without
     background). ``binary``: any non-zero pixel is sounding (AVSBench v1s/v1m).
     """
-    if not path.exists():
-        raise FrameError(f"{path}: mask file not found")
-    if path.stat().st_size == 0:
-        raise FrameError(f"{path}: zero-byte mask file")
+    _check_present(path, "mask")
     try:
         with Image.open(path) as im:
             img = np.asarray(im.convert("RGB") if kind == "rgb_palette" else im)
@@ -87,10 +91,7 @@ def load_image(path: Path, size: int, *, expect_size: tuple[int, int] | None = N
     ``expect_size`` (width, height): the size the frame must have (its clip's other frames'); the
     image mode must be RGB or L (grey).
     """
-    if not path.exists():
-        raise FrameError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise FrameError(f"{path}: zero-byte image file")
+    _check_present(path, "image")
     try:
         with Image.open(path) as im:
             if im.mode not in IMAGE_MODES:

@@ -5,18 +5,20 @@ optionally fixed-shape arrays. The runner owns everything else:
 
 * output in ``cache/<dataset>/<stage>/<fingerprint>/`` (see :mod:`pipeline.fingerprint`);
 * items split into contiguous shards of ``shard_size``; each shard's arrays
-  (``shard-00003.<key>.npy``) and then its Parquet rows (``shard-00003.parquet``) are written
-  to a temp file and renamed, so the Parquet file is the shard's commit marker. A re-run
-  skips committed shards: a stage killed with SIGKILL and started again ends with exactly
-  the rows of an uninterrupted run;
+  (``shard-00003.<key>.npy``), its Parquet rows (``shard-00003.parquet``) and last its commit
+  record (sizes and hashes, :mod:`pipeline.shards`) are written to temp files and renamed. A
+  re-run hashes the committed shards (a damaged one is moved aside and recomputed), skips the
+  sound ones and computes their failed rows again: a stage killed with SIGKILL and started
+  again ends with exactly the bytes of an uninterrupted run;
 * ``num_shards``/``shard_index`` (and, under ``accelerate launch`` or ``torchrun``, the
   process rank) pick which shards this process writes; one shared output, no double work;
-* models load lazily: :meth:`Stage.setup` runs only if some shard still needs work, so a
-  second run over a finished stage loads nothing;
+* models load lazily: :meth:`Stage.setup` runs only if some shard or failed row still needs
+  work, so a second run over a finished stage without failures loads nothing;
 * one bad row never stops a stage: a batch that raises is retried row by row and a row
   that still raises is kept with its error in the ``failure`` column;
 * ``card.json`` (config, inputs, counts, failures) and ``.completed`` once all shards exist,
-  plus ``cache/<dataset>/<stage>/latest[-tag].json`` pointing downstream stages at it.
+  plus ``cache/<dataset>/<stage>/latest[-tag].json`` pointing downstream stages at it
+  (relative to the cache root, so a copied cache root points at its own copy).
 """
 from __future__ import annotations
 

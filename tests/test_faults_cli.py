@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory):
     """Bad inputs: a text file named .parquet, a missing manifest, an export with truncated weights."""
+    from tests.dummies_cues import tiny_manifest
     from tests.dummies_eval import write_encoder_export
 
     d = tmp_path_factory.mktemp("bad_inputs")
@@ -27,13 +28,16 @@ def bad(tmp_path_factory):
     (d / "frames").mkdir()
     (d / "frames" / "0.jpg").write_bytes(b"")  # never reached: the export is checked first
     np.save(d / "masks.npy", np.zeros((5, 8, 8), np.uint8))
-    return {"dir": d, "bad": d / "bad.parquet", "missing": d / "missing.parquet", "export": export}
+    good = tiny_manifest(d / "tiny", clips=1, frames=1)  # a real manifest, for the missing-cues case
+    return {"dir": d, "bad": d / "bad.parquet", "missing": d / "missing.parquet", "export": export, "manifest": good}
 
 
 def cases(b):
     d, bad, missing, cache = b["dir"], str(b["bad"]), str(b["missing"]), str(b["dir"] / "cache")
     return {
         "pipeline.features": (["--manifest", bad, "--cache-root", cache, "--what", "audio"], f"{bad}: not a readable Parquet manifest"),
+        "pipeline.features:text": (["--cache-root", cache, "--what", "text", "--manifest", str(b["manifest"])],
+                                   "no finished cue stage, so no text features; run `make cues` first"),
         "pipeline.captions": (["--manifest", missing, "--cache-root", cache, "--captioner", "reference"], f"{missing}: manifest not found"),
         "pipeline.cues": (["--manifest", bad, "--cache-root", cache, "--sets", "oracle"], f"{bad}: not a readable Parquet manifest"),
         "cues.evaluate": (["--manifest", missing, "--cache-root", cache], f"{missing}: manifest not found"),
@@ -61,14 +65,14 @@ def outcomes(bad):
     todo, done = list(cases(bad).items()), {}
     while todo:
         batch, todo = todo[:2], todo[2:]
-        procs = {m: (launch(m, argv), want) for m, (argv, want) in batch}
+        procs = {m: (launch(m.split(":")[0], argv), want) for m, (argv, want) in batch}
         for m, (p, want) in procs.items():
             out, err = p.communicate(timeout=300)
             done[m] = (p.returncode, err, want)
     return done
 
 
-@pytest.mark.parametrize("module", ["pipeline.features", "pipeline.captions", "pipeline.cues", "cues.evaluate",
+@pytest.mark.parametrize("module", ["pipeline.features", "pipeline.features:text", "pipeline.captions", "pipeline.cues", "cues.evaluate",
                                     "pipeline.synthavs", "pipeline.avsbench", "train", "train.evaluate",
                                     "train.predict", "train.metrics", "train.preference"])
 def test_user_error_is_one_line_and_exit_2(outcomes, module):
