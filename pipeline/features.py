@@ -36,7 +36,7 @@ from pipeline.errors import ConfigError, StageError, run_cli
 from pipeline.feature_stages import (AUDIO_ENCODER, CUE_SETS, DEMO_LEVELS, INPUT_SIZE, ITEM_COLUMNS, MASK_SIZE, MAX_CUES,
                                      TEXT_ENCODER, VISUAL_BATCH, VISUAL_ENCODER, AudioStage, TextStage, VisualStage)
 from pipeline.runner import StageResult, latest, print_summary, read_card, read_stage, run_stage
-from pipeline.store import CUE_TABLE, CUE_VOCAB, finish_cache
+from pipeline.store import CUE_TABLE, CUE_VOCAB, FeatureStoreError, finish_cache, read_cue_files
 
 
 class TorchThreads:
@@ -99,13 +99,21 @@ def run_text(manifest: Manifest, encoder, *, cue_set: str, cues_dir: str | Path 
     stage = TextStage(encoder, cue_rows, cue_set=cue_set, source=str(cues_dir), max_cues=max_cues)
     inputs = {"manifest": manifest.fingerprint, "cues": read_card(cues_dir)["fingerprint"]}
     res = run_stage(stage, frame_items(manifest), cache_root=cache_root, dataset=dataset, inputs=inputs, tag=cue_set, **run_kw)
-    if res.complete and not ((res.out_dir / CUE_TABLE).exists() and (res.out_dir / CUE_VOCAB).exists()):
-        if stage.table is None:  # shards finished in an earlier run that died before the table was stored
+    if res.complete and not cue_files_ok(res.out_dir):
+        if stage.table is None:  # shards finished in an earlier run that died before the table was stored (or it was damaged)
             stage.setup()
         finish_cache(res, dataset, cue_table=stage.table, cue_vocab=stage.vocab)
     else:
         finish_cache(res, dataset)
     return res
+
+
+def cue_files_ok(out_dir: Path) -> bool:
+    try:
+        read_cue_files(out_dir)
+        return True
+    except FeatureStoreError:
+        return False
 
 
 def dir_bytes(path: Path) -> int:

@@ -193,17 +193,28 @@ class FeatureStore:
         """``[V, Dt]`` cue embeddings of a text cache (row v embeds ``cue_vocab[v]``)."""
         import torch
 
-        path = self.dir / CUE_TABLE
-        if not path.exists():
-            raise FeatureStoreError(f"{path}: not a text-cue cache (no {CUE_TABLE})")
-        return torch.from_numpy(np.load(path))
+        return torch.from_numpy(read_cue_files(self.dir)[0])
 
     @property
     def cue_vocab(self) -> list[str]:
-        path = self.dir / CUE_VOCAB
-        if not path.exists():
-            raise FeatureStoreError(f"{path}: not a text-cue cache (no {CUE_VOCAB})")
-        return json.loads(path.read_text())
+        return read_cue_files(self.dir)[1]
+
+
+def read_cue_files(cache_dir: str | Path) -> tuple[np.ndarray, list[str]]:
+    """A text cache's ``[V, Dt]`` cue table and its V strings; missing or damaged files are named."""
+    cache_dir = Path(cache_dir)
+    for name in (CUE_TABLE, CUE_VOCAB):
+        if not (cache_dir / name).exists():
+            raise FeatureStoreError(f"{cache_dir / name}: not a text-cue cache (no {name})")
+    try:
+        table, vocab = np.load(cache_dir / CUE_TABLE), json.loads((cache_dir / CUE_VOCAB).read_text())
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureStoreError(f"{cache_dir}: damaged cue table or vocabulary ({type(exc).__name__}); re-run "
+                                "`make features`: it writes them again") from None
+    if table.ndim != 2 or len(table) != len(vocab):
+        raise FeatureStoreError(f"{cache_dir}: cue table {table.shape} does not fit {len(vocab)} cue strings; re-run "
+                                "`make features`: it writes them again")
+    return table, vocab
 
 
 def read_index(cache_dir: str | Path) -> pd.DataFrame:
