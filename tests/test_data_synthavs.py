@@ -226,10 +226,9 @@ def test_silent_share_knob():
 
 
 def test_cli_rejects_a_bad_silent_share(tmp_path, capsys):
+    from pipeline.errors import run_cli
     from pipeline.synthavs.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--clips", "12", "--ms3-silent-share", "1.5", "--cache-root", str(tmp_path)])
-    assert e.value.code == 2
+    assert run_cli(main, ["--clips", "12", "--ms3-silent-share", "1.5", "--cache-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --ms3-silent-share")

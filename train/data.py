@@ -26,14 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from manifests.schema import manifest_path, read_manifest
+from pipeline.errors import UserError
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
 from train.batch import AVSBatch
+from train.labels import frame_label_table
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(UserError, ValueError):
     """A feature cache cannot serve this configuration; the message names the cache and the problem."""
 
 
@@ -51,6 +53,7 @@ class ClipItem:
         masks: ``[T, Hm, Wm]`` float {0, 1}.
         mask_valid: ``[T]`` bool.
         class_masks: ``[T, Hm, Wm]`` long, or None when the data module does not serve them.
+        frame_labels: ``[T, C]`` bool sounding categories per frame (``train/labels.py``), or None.
     """
 
     uid: str
@@ -62,6 +65,7 @@ class ClipItem:
     masks: torch.Tensor
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
+    frame_labels: torch.Tensor | None = None
 
 
 def collate_clips(items: list[ClipItem]) -> AVSBatch:
@@ -89,6 +93,7 @@ def collate_clips(items: list[ClipItem]) -> AVSBatch:
         masks=torch.cat([it.masks for it in items]),
         mask_valid=torch.cat([it.mask_valid for it in items]),
         class_masks=torch.cat([it.class_masks for it in items]) if has_class else None,
+        frame_labels=None if any(it.frame_labels is None for it in items) else torch.cat([it.frame_labels for it in items]),
     )
 
 
@@ -103,13 +108,16 @@ class CacheSpec:
     expect_audio: dict | None
     expect_visual: dict | None
     expect_text: dict | None
+    verify: bool = False  # hash each shard file against its commit record (else sizes only)
 
 
 class ClipDataset(Dataset):
     """Clips of one split; stores are opened lazily in each worker process (mmaps don't pickle well)."""
 
-    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool, unmap_every: int) -> None:
+    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool, unmap_every: int,
+                 labels: dict[str, torch.Tensor] | None = None) -> None:
         self.uids = list(uids)
+        self.labels = labels
         self.unmap_every = unmap_every
         self._since_unmap = 0
         self.spec = spec
@@ -124,9 +132,8 @@ class ClipDataset(Dataset):
     def stores(self) -> tuple[FeatureStore, FeatureStore, FeatureStore]:
         if self._stores is None:
             s = self.spec
-            self._stores = (FeatureStore(s.audio_dir, expect=s.expect_audio),
-                            FeatureStore(s.visual_dir, expect=s.expect_visual),
-                            FeatureStore(s.text_dir, expect=s.expect_text))
+            self._stores = tuple(FeatureStore(d, expect=e, verify=s.verify) for d, e in (
+                (s.audio_dir, s.expect_audio), (s.visual_dir, s.expect_visual), (s.text_dir, s.expect_text)))
             # [V, Dt]; small (one row per distinct cue string), so it is held in memory
             self._cue_table = torch.as_tensor(np.asarray(self._stores[2].cue_table), dtype=torch.float32)
         return self._stores
@@ -151,6 +158,7 @@ class ClipDataset(Dataset):
             masks=visual.clip(uid, "mask").float(),
             mask_valid=visual.clip(uid, "mask_valid").reshape(t).bool(),
             class_masks=visual.clip(uid, "class_mask").long() if self.class_masks else None,
+            frame_labels=None if self.labels is None else self.labels.get(uid),
         )
         self._since_unmap += 1
         if self._since_unmap >= self.unmap_every:  # resident memory must not grow with the cache size
@@ -208,6 +216,7 @@ class AVSDataModule(pl.LightningDataModule):
         unmap_every: clips read between unmapping the caches' shards: the mapped pages a reader
             has touched count toward its RSS, so this bounds resident feature memory to about that
             many clips whatever the cache size (re-mapping costs ~2.5 ms per clip, hence not every clip).
+        verify_shards: hash every shard file against its commit record when first read (default: sizes).
     """
 
     def __init__(
@@ -237,9 +246,11 @@ class AVSDataModule(pl.LightningDataModule):
         class_masks: bool = False,
         seed: int = 0,
         unmap_every: int = 8,
+        verify_shards: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.verify_shards = verify_shards
         self.dataset = dataset
         self.manifest_path = Path(manifest) if manifest else manifest_path(dataset)
         self.cache_root = Path(cache_root)
@@ -266,6 +277,7 @@ class AVSDataModule(pl.LightningDataModule):
         self._spec: CacheSpec | None = None
         self._stores: dict[str, FeatureStore] = {}
         self._datasets: dict[str, ClipDataset] = {}
+        self.categories, self._labels = [], None  # sounding categories; per clip [T, C] (train/labels.py)
 
     # ----- caches and manifest -------------------------------------------------------------
     def cache_dir(self, kind: str) -> Path:
@@ -294,10 +306,10 @@ class AVSDataModule(pl.LightningDataModule):
     def _open_spec(self) -> CacheSpec:
         if self._spec is None:
             dirs = {k: self.cache_dir(k) for k in ("audio", "visual", "text")}
-            stores = {k: FeatureStore(d, expect=self.expect[k]) for k, d in dirs.items()}
+            stores = {k: FeatureStore(d, expect=self.expect[k], verify=self.verify_shards) for k, d in dirs.items()}
             self._check_dims(stores)
             self._spec = CacheSpec(dirs["audio"], dirs["visual"], dirs["text"], self.levels,
-                                   self.expect["audio"], self.expect["visual"], self.expect["text"])
+                                   self.expect["audio"], self.expect["visual"], self.expect["text"], self.verify_shards)
             self._stores = stores
         return self._spec
 
@@ -332,6 +344,7 @@ class AVSDataModule(pl.LightningDataModule):
                                     f"{self.clip_len} frames (e.g. {r['uid']}: {r['n_rows']} rows, n_frames={r['n_frames']})")
         want = pd.DataFrame({"uid": np.repeat(clips["uid"].to_numpy(), self.clip_len),
                              "frame_idx": np.tile(np.arange(self.clip_len), len(clips))})
+        problems = []  # every cache's, so one message lists all that need the features stage again
         for kind, store in self._stores.items():
             idx = store.index[["uid", "frame_idx", "failure"]]
             m = want.merge(idx, on=["uid", "frame_idx"], how="left")
@@ -339,9 +352,12 @@ class AVSDataModule(pl.LightningDataModule):
             failed = m[m["failure"].fillna("") != ""]
             for rows, what in ((missing, "missing from"), (failed, "failed in")):
                 if len(rows):
-                    ex = ", ".join(f"{u}/{f}" for u, f in rows[["uid", "frame_idx"]].head(5).itertuples(index=False))
-                    raise FeatureCacheError(f"{store.dir}: {len(rows)} {split} frames are {what} the {kind} cache "
-                                            f"(e.g. {ex}); re-run the features stage")
+                    ex = ", ".join(f"{u}/{f}" + (f" ({e})" if isinstance(e, str) and e else "")
+                                   for u, f, e in rows[["uid", "frame_idx", "failure"]].head(3).itertuples(index=False))
+                    problems.append(f"{len(rows)} {split} frames are {what} the {kind} cache (e.g. {ex}) at {store.dir}")
+        if problems:
+            raise FeatureCacheError("; ".join(problems) + ". Fix the named files, then run `make features` (it "
+                                    "computes failed rows again) and train again")
 
     def split_dataset(self, stage: str) -> ClipDataset:
         """The :class:`ClipDataset` serving a Lightning stage (``train``/``val``/``test``)."""
@@ -352,7 +368,9 @@ class AVSDataModule(pl.LightningDataModule):
                 raise FeatureCacheError(f"{self.manifest_path}: no clips in split '{self.splits[stage]}'"
                                         f"{' for subsets ' + str(self.subsets) if self.subsets else ''}")
             self._check_coverage(clips, self.splits[stage])
-            self._datasets[stage] = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len,
+            if self._labels is None:
+                self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
+            self._datasets[stage] = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
                                                 class_masks=self.class_masks, unmap_every=self.unmap_every)
         return self._datasets[stage]
 

@@ -23,6 +23,7 @@ import soundfile as sf
 
 from pipeline.encoders import negatives
 from pipeline.encoders.logmel import to_mono_16k
+from pipeline.errors import ConfigError
 
 NAMED = ("none", "mute", "ambient", "offscreen")  # perturbations without a parameter
 
@@ -40,9 +41,9 @@ def parse_perturb(spec: str) -> tuple[str, float | None]:
         try:
             snr = float(spec[4:])
         except ValueError:
-            raise ValueError(f"--audio-perturb {spec!r}: the SNR after 'wgn:' must be a number of dB") from None
+            raise ConfigError(f"--audio-perturb {spec!r}: the SNR after 'wgn:' must be a number of dB") from None
         return f"wgn{snr:g}", snr
-    raise ValueError(f"--audio-perturb {spec!r}: use none, mute, ambient, offscreen or wgn:<snr_db>")
+    raise ConfigError(f"--audio-perturb {spec!r}: use none, mute, ambient, offscreen or wgn:<snr_db>")
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

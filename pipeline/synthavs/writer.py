@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from manifests.schema import FrameRow, write_manifest
+from pipeline.errors import ConfigError
 from pipeline.synthavs import drawing, sounds
 from pipeline.synthavs.config import CATEGORIES, COMPLETED, DATASET, KIND, P_SOUND, RARE, USUAL, SynthConfig
 from pipeline.synthavs.scenes import frame_slice, plan
@@ -169,6 +170,10 @@ def generate(*, out_root: str | Path = "cache", clips: int = SynthConfig.clips, 
     (marker ``.completed``); a new one is written to a temp directory and renamed at the end.
     ``workers`` only changes speed, never bytes (each clip has its own seeded generator).
     """
+    if clips < 1:
+        raise ConfigError(f"--clips {clips}: generate at least 1 clip (the demo uses 1200)")
+    if not 0 <= overrides.get("ms3_silent_share", 0.0) < 1:
+        raise ConfigError(f"--ms3-silent-share {overrides['ms3_silent_share']}: a share in [0, 1) (0 = no silent seconds)")
     cfg = SynthConfig(clips=clips, seed=seed, **overrides)
     fp = cfg.fingerprint()
     root = Path(out_root) / DATASET / "media" / fp
