@@ -60,10 +60,13 @@ class SynthConfig:
     version: int = GENERATOR_VERSION
 
     def fingerprint(self) -> str:
+        from pipeline.encoders import negatives
         from pipeline.synthavs import sounds
 
         sources = {c: dataclasses.asdict(s) for c, s in sounds.sources().items()}
-        # The generator's own code is an input too: editing a drawing or a caption gives a new root.
-        code = {f.name: file_hash(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
+        # The generator's own code is an input too: editing a drawing, a caption or the room tone
+        # (pipeline/encoders/negatives.py) gives a new root.
+        files = [*sorted(Path(__file__).parent.glob("*.py")), Path(negatives.__file__)]
+        code = {f.name: file_hash(f) for f in files}
         return fingerprint(dataclasses.asdict(self), {"sound_sources": fingerprint(sources), **code})
 
