@@ -93,13 +93,15 @@ demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_V
 
 # The multi-seed study: every variant (a configs/model name, or NAME:CUESET, e.g. teso:active) trained
 # on seeds 0..SEEDS-1 over the cached features (make data captions cues features first), STUDY_JOBS
-# side by side with one thread each; the preference test per slice with the cue controls.
+# side by side with one thread each; the preference test per slice with the cue controls. STUDY_CUES=
+# is the cue set of variants without their own (default: the data config's, cot).
 SEEDS ?= 3
 VARIANTS ?= teso audio_only
 STUDY_JOBS ?= 2
 
-study: setup ## multi-seed study -> reports/study/ (SEEDS=, VARIANTS=, STUDY_JOBS=, STUDY_ARGS=)
-	$(PY) -m train.study --variants "$(VARIANTS)" --seeds $(SEEDS) --jobs $(STUDY_JOBS) --cache-root $(CACHE) $(STUDY_ARGS)
+study: setup ## multi-seed study -> reports/study/ (SEEDS=, VARIANTS=, STUDY_JOBS=, STUDY_CUES=, STUDY_ARGS=)
+	$(PY) -m train.study --variants "$(VARIANTS)" --seeds $(SEEDS) --jobs $(STUDY_JOBS) --cache-root $(CACHE) \
+	  $(if $(STUDY_CUES),--cues $(STUDY_CUES)) $(STUDY_ARGS)
 
 # The web app on http://127.0.0.1:$(APP_PORT) (APP_ARGS= e.g. --host 0.0.0.0, --max-upload-mb 100)
 APP_PORT ?= 7860

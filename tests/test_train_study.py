@@ -67,5 +67,9 @@ def test_variant_specs_and_bad_input(tmp_path):
     args = fit_args("teso:active", 2, configs=["configs/model/{model}.yaml"], runs_dir=tmp_path, cache_root="c")
     assert args[args.index("--data.cues_tag") + 1] == "active" and args[args.index("--seed_everything") + 1] == "2"
     assert args[args.index("--data.seed") + 1] == "2" and args[args.index("--run_name") + 1] == "teso-active-s2"
+    plain = fit_args("teso", 0, configs=["configs/model/{model}.yaml"], runs_dir=tmp_path, cache_root=None, cues="vocab")
+    assert plain[plain.index("--data.cues_tag") + 1] == "vocab"  # the study's cue set for variants without one
+    own = fit_args("teso:active", 0, configs=["configs/model/{model}.yaml"], runs_dir=tmp_path, cache_root=None, cues="vocab")
+    assert own[own.index("--data.cues_tag") + 1] == "active"
     with pytest.raises(StudyError, match="nosuchmodel"):
         run_study(variants=["nosuchmodel"], seeds=1, runs_dir=tmp_path, out_dir=tmp_path)

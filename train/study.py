@@ -54,9 +54,10 @@ def controls_for(variant: str, controls: Sequence[str] = CONTROLS) -> list[str]:
 
 
 def fit_args(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, cache_root: str | None,
-             train_args: Sequence[str] = ()) -> list[str]:
-    """The ``python -m train fit`` arguments of one study run."""
-    model, cues = parse_variant(variant)
+             train_args: Sequence[str] = (), cues: str | None = None) -> list[str]:
+    """The ``python -m train fit`` arguments of one study run (``cues``: the cue set of variants without one)."""
+    model, own = parse_variant(variant)
+    cues = own or cues
     args = ["fit"]
     for c in configs:
         path = Path(c.format(model=model))
@@ -84,12 +85,13 @@ def inputs_stamp(args: Sequence[str], cache_root: str | None) -> str:
 
 
 def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, cache_root: str | None,
-            train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS) -> Path:
+            train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS, cues: str | None = None) -> Path:
     """Train (unless reusable) and evaluate one (variant, seed); returns its ``rows.json``."""
     from train.cli import main as fit_main
     from train.study_eval import evaluate_run, parameter_count
 
-    args = fit_args(variant, seed, configs=configs, runs_dir=runs_dir, cache_root=cache_root, train_args=train_args)
+    args = fit_args(variant, seed, configs=configs, runs_dir=runs_dir, cache_root=cache_root, train_args=train_args,
+                    cues=cues)
     run = Path(runs_dir) / run_name(variant, seed)
     stamp = inputs_stamp(args, cache_root)
     stamp_file = run / STAMP
@@ -112,7 +114,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
 
 def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str, Any]], *, runs_dir: Path,
               configs: Sequence[str], controls: Sequence[str], cache_root: str | None, train_args: Sequence[str],
-              jobs: int, env: dict[str, str], t0: float, progress: bool) -> None:
+              jobs: int, env: dict[str, str], t0: float, progress: bool, cues: str | None) -> None:
     """Start each job as a child process, ``jobs`` at a time; record failures (the others go on)."""
     while todo or running:
         while todo and len(running) < max(1, jobs):
@@ -121,6 +123,7 @@ def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str,
             cmd = [sys.executable, "-m", "train.study", "--one", v, "--seed", str(s), "--runs-dir", str(runs_dir),
                    "--configs", ",".join(configs), "--controls", ",".join(controls),
                    *(["--cache-root", str(cache_root)] if cache_root is not None else []),
+                   *(["--cues", cues] if cues else []),
                    *(["--train-args", " ".join(train_args)] if train_args else [])]
             with open(log, "w") as fh:
                 running.append((v, s, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), log))
@@ -143,7 +146,7 @@ def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str,
 def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = DEMO_CONFIGS,
               cache_root: str | None = "cache", runs_dir: str | Path = "runs/study", out_dir: str | Path = "reports/study",
               jobs: int = 2, train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS,
-              progress: bool = True) -> dict[str, Any]:
+              cues: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every (variant, seed) job, ``jobs`` at a time, and write the study report; returns its JSON."""
     from train.study_report import write_study
 
@@ -164,7 +167,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     failed: list[dict[str, Any]] = []
     try:
         _run_jobs(todo, running, failed, runs_dir=runs_dir, configs=configs, controls=controls, cache_root=cache_root,
-                  train_args=train_args, jobs=jobs, env=env, t0=t0, progress=progress)
+                  train_args=train_args, jobs=jobs, env=env, t0=t0, progress=progress, cues=cues)
     finally:  # interrupted (Ctrl-C): no job outlives the study
         for _, _, proc, _ in running:
             proc.kill()
@@ -174,7 +177,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
             f = runs_dir / run_name(v, s) / ROWS
             if f.exists() and not any(x["variant"] == v and x["seed"] == s for x in failed):
                 results.append(json.loads(f.read_text()))
-    meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs),
+    meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs), "cues": cues or "config",
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
             "runs_dir": str(runs_dir)}
     return write_study(results, Path(out_dir), meta)
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports/study")
     ap.add_argument("--configs", default=",".join(DEMO_CONFIGS), help="comma list; {model} = the variant's model")
     ap.add_argument("--controls", default=",".join(CONTROLS))
+    ap.add_argument("--cues", default=None, help="cue set of variants without their own (default: the data config's)")
     ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. '--trainer.max_epochs 1'")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a job's child process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     train_args = a.train_args.split()
     if a.one:
         one_job(a.one, a.seed, configs=configs, runs_dir=Path(a.runs_dir), cache_root=a.cache_root,
-                train_args=train_args, controls=controls)
+                train_args=train_args, controls=controls, cues=a.cues)
         return 0
     bad = [c for c in controls if c not in CONTROLS]
     if bad:
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run_study(variants=[v for v in a.variants.replace(",", " ").split() if v], seeds=a.seeds, configs=configs,
                         cache_root=a.cache_root, runs_dir=a.runs_dir, out_dir=a.out, jobs=a.jobs, train_args=train_args,
-                        controls=controls, progress=not a.no_progress)
+                        controls=controls, cues=a.cues, progress=not a.no_progress)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -90,7 +90,8 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
     wall = meta["wall_seconds"] / 60
     lines = ["# Multi-seed study", "",
              f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
-             f"{meta['jobs']} jobs side by side; wall time {wall:.1f} min (on a shared, loaded machine). "
+             f"{meta['jobs']} jobs side by side, cue set `{meta.get('cues', 'config')}`; wall time {wall:.1f} min "
+             "(on a shared, loaded machine). "
              "Test split, only scored (each run keeps its best-validation checkpoint). Values in %; "
              "mean ± std over seeds.", ""]
     if meta.get("parameters"):
