@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 from cues.hub import SMOLLM2, ResolvedModel, load_pretrained, resolve_model
 
 LLM_BACKENDS = ("transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 Conversation = list[dict[str, str]]
 
 
@@ -35,7 +36,9 @@ class LLMBackend(ABC):
     def load(self) -> None: ...
 
     @abstractmethod
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]: ...
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answers; ``on_answer(i)`` is called as answer ``i`` is finished (progress)."""
 
 
 class TransformersBackend(LLMBackend):
@@ -44,8 +47,11 @@ class TransformersBackend(LLMBackend):
     name = "transformers"
 
     def __init__(self, *, model: str = SMOLLM2, gguf_file: str | None = None, max_new_tokens: int = 160,
-                 batch_size: int = 32, device: str | None = None, repetition_guard: bool = True):
-        self.model_spec, self.gguf_file = model, gguf_file
+                 batch_size: int = 32, device: str | None = None, repetition_guard: bool = True,
+                 dtype: str = "auto"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
+        self.model_spec, self.gguf_file, self.dtype_name = model, gguf_file, dtype
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.device, self.repetition_guard = device, repetition_guard
         self.resolved: ResolvedModel | None = None
@@ -60,8 +66,21 @@ class TransformersBackend(LLMBackend):
 
     def config(self) -> dict[str, Any]:
         # batch_size is absent on purpose: greedy outputs do not depend on it.
-        return {"backend": self.name, "model": self.resolve().label, "decoding": "greedy",
-                "max_new_tokens": self.max_new_tokens, "repetition_guard": self.repetition_guard}
+        res = self.resolve()
+        return {"backend": self.name, "model": res.label, "model_identity": res.identity, "dtype": self.torch_dtype(),
+                "decoding": "greedy", "max_new_tokens": self.max_new_tokens, "repetition_guard": self.repetition_guard}
+
+    def torch_dtype(self) -> str:
+        """The compute dtype: ``auto`` is float16 on CUDA, bfloat16 on a CPU with native bf16
+        matmuls (AMX/AVX512-BF16: measured faster than float32 there), else float32."""
+        if self.dtype_name != "auto":
+            return self.dtype_name
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda"):
+            return "float16"
+        return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
     def load(self) -> None:
         if self.model is not None:
@@ -72,6 +91,7 @@ class TransformersBackend(LLMBackend):
         from cues.generation import use_gqa_sdpa
 
         res = self.resolve()
+        res.verify()  # the weight file's sha256, right before it is loaded
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         kw = {"gguf_file": res.gguf_file} if res.gguf_file else {}
         self.tokenizer = load_pretrained(AutoTokenizer, res, padding_side="left", **kw)
@@ -79,7 +99,7 @@ class TransformersBackend(LLMBackend):
             raise ValueError(f"{res.label}: the tokenizer has no chat template; use an instruction-tuned model")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        dtype = getattr(torch, self.torch_dtype())
         self.model = load_pretrained(AutoModelForCausalLM, res, dtype=dtype, **kw).to(self.device).eval()
         use_gqa_sdpa(self.model)
 
@@ -96,7 +116,8 @@ class TransformersBackend(LLMBackend):
     def prompts(self, conversations: list[Conversation]) -> list[str]:
         return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
 
-    def generate(self, texts: list[str], schema: dict[str, Any] | None = None) -> list[str]:
+    def generate(self, texts: list[str], schema: dict[str, Any] | None = None,
+                 on_answer: Callable[[int], None] | None = None) -> list[str]:
         """Greedy answers for rendered prompts, up to ``batch_size`` decoded together."""
         from cues.generation import GreedyDecoder, RepetitionGuard
 
@@ -109,12 +130,13 @@ class TransformersBackend(LLMBackend):
         self.decoder = GreedyDecoder(self.model, eos_ids={e for e in eos_ids if e is not None},
                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                      grammar=self._grammar(schema) if schema is not None else None,
-                                     guard=RepetitionGuard() if self.repetition_guard else None)
+                                     guard=RepetitionGuard() if self.repetition_guard else None, on_done=on_answer)
         return [tok.decode(ids, skip_special_tokens=True) for ids in self.decoder(prompts)]
 
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]:
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
         self.load()
-        return self.generate(self.prompts(conversations), schema)
+        return self.generate(self.prompts(conversations), schema, on_answer)
 
 
 class VLLMBackend(LLMBackend):
@@ -158,18 +180,31 @@ class VLLMBackend(LLMBackend):
         structured = StructuredOutputsParams(json=schema) if schema is not None else None
         return SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, structured_outputs=structured)
 
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]:
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
         self.load()
         outs = self.llm.chat(conversations, self.sampling_params(schema), use_tqdm=False)
+        for i in range(len(outs) if on_answer else 0):
+            on_answer(i)
         return [o.outputs[0].text for o in outs]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), per /proc/cpuinfo."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def make_llm_backend(name: str, **kwargs) -> LLMBackend:
     """Backend by name; an unknown name fails here, before anything loads."""
     if name == "transformers":
+        kwargs.pop("tensor_parallel_size", None)
         return TransformersBackend(**kwargs)
     if name == "vllm":
         kwargs.pop("gguf_file", None), kwargs.pop("batch_size", None), kwargs.pop("repetition_guard", None)
-        kwargs.pop("device", None)
+        kwargs.pop("device", None), kwargs.pop("dtype", None)
         return VLLMBackend(**kwargs)
     raise ValueError(f"unknown LLM backend {name!r}; choose one of {list(LLM_BACKENDS)}")
