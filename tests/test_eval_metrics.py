@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from train import metrics as M
+from train import metrics_accumulate as MA
+from train import metrics_semantic as MS
 
 BIG = 10.0  # |logit| far from every threshold; sigmoid(-10) = 4.5e-5 >= only the 0 threshold
 
@@ -114,7 +116,7 @@ def test_metric_object_matches_pure_function_and_drops_invalid_frames():
     logits = torch.randn(6, 8, 8, generator=g) * 3
     gt = (torch.rand(6, 8, 8, generator=g) > 0.6).float()
     gt[2] = 0
-    m = M.AVSMetric("avsbench")
+    m = MA.AVSMetric("avsbench")
     m.update(logits[:3], gt[:3], clip_len=3)
     m.update(logits[3:], gt[3:], clip_len=3)
     out = m.compute()
@@ -134,8 +136,8 @@ def test_metric_clip_ids_stay_distinct_across_ranks(monkeypatch):
     gt = (torch.rand(12, 8, 8, generator=g) > 0.6).float()
     parts = []
     for rank in (0, 1):  # what DDP's gather ("cat") gives: each rank's clips 0 and 1, rank 0 first
-        monkeypatch.setattr(M, "rank_and_world", lambda r=rank: (r, 2))
-        m = M.AVSMetric("avsbench")
+        monkeypatch.setattr(MA, "rank_and_world", lambda r=rank: (r, 2))
+        m = MA.AVSMetric("avsbench")
         m.update(logits[6 * rank:6 * rank + 6], gt[6 * rank:6 * rank + 6], clip_len=3)
         parts.append(m.stats())
     merged = M.FrameStats(**{k: torch.cat([getattr(p, k) for p in parts]) for k in M.FrameStats.__dataclass_fields__})
@@ -163,7 +165,7 @@ def test_bad_inputs_raise_naming_the_problem():
 def test_avss_confusion_tiny_case():
     target = torch.tensor([[[0, 1], [1, 2]]])
     pred = torch.tensor([[[0, 1], [2, 2]]])
-    m = M.AVSSMetric(num_classes=4, class_names=["background", "a", "b", "c"])
+    m = MS.AVSSMetric(num_classes=4, class_names=["background", "a", "b", "c"])
     m.update(pred, target)
     r = m.compute()
     assert m.confusion.tolist() == [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
@@ -176,7 +178,7 @@ def test_avss_confusion_tiny_case():
     assert r["miou_avsbench"] == pytest.approx((1 + 0.5 + 0.5 + 0) / 4, rel=1e-6)
     assert r["fscore_avsbench"] == pytest.approx((1 + fa + fb) / 4, rel=1e-6)
     # scores [N, C+1, H, W] give the same as labels
-    m2 = M.AVSSMetric(num_classes=4)
+    m2 = MS.AVSSMetric(num_classes=4)
     m2.update(torch.nn.functional.one_hot(pred, 4).permute(0, 3, 1, 2).float(), target)
     assert m2.compute()["miou"] == pytest.approx(2 / 3)
 
@@ -185,7 +187,7 @@ def test_semantic_to_binary_logits():
     scores = torch.zeros(1, 3, 1, 2)
     scores[0, 0, 0, 0] = 5.0  # background wins
     scores[0, 2, 0, 1] = 5.0  # category wins
-    b = M.semantic_to_binary_logits(scores)
+    b = MS.semantic_to_binary_logits(scores)
     assert b[0, 0, 0] < 0 < b[0, 0, 1]
 
 

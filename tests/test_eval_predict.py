@@ -15,6 +15,8 @@ import dummies_eval as D  # noqa: E402
 
 from pipeline.runner import read_card  # noqa: E402
 from train import predict as P  # noqa: E402
+from train import predict_media as PM  # noqa: E402
+from train import predict_stages as PS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +26,9 @@ def export(tmp_path_factory):
 
 
 def test_decode_video_one_frame_per_second_and_audio(tmp_path):
-    clip = P.decode_video(D.write_mp4(tmp_path / "c.mp4", seconds=3, fps=5))
+    clip = PM.decode_video(D.write_mp4(tmp_path / "c.mp4", seconds=3, fps=5))
     assert len(clip.frames) == 3 and clip.frames[0].size == (64, 64)
-    assert clip.audio is not None and abs(len(clip.audio) / P.SAMPLE_RATE - 3.0) < 0.2
+    assert clip.audio is not None and abs(len(clip.audio) / PM.SAMPLE_RATE - 3.0) < 0.2
     # the square moves right: frame i is taken at i + 0.5 s, so its x position grows
     xs = [np.asarray(f)[32, :, 2].argmin() for f in clip.frames]  # blue channel dips on the yellow square
     assert xs[0] < xs[1] < xs[2]
@@ -38,8 +40,8 @@ def test_predict_demo_clip_mp4_with_audio_and_cues(export, tmp_path, capsys):
     media = synthavs.generate(out_root=tmp_path / "cache", clips=10, seed=0, workers=1, progress=False)
     clip = sorted(p for p in media.iterdir() if (p / "audio.wav").exists())[0]
     video = D.write_mp4_from_clip(clip, tmp_path / "demo.mp4")
-    decoded = P.decode_video(video)
-    assert len(decoded.frames) == 5 and abs(len(decoded.audio) / P.SAMPLE_RATE - 5.0) < 0.2
+    decoded = PM.decode_video(video)
+    assert len(decoded.frames) == 5 and abs(len(decoded.audio) / PM.SAMPLE_RATE - 5.0) < 0.2
     out = tmp_path / "out"
     assert P.main(["--video", str(video), "--ckpt", str(export), "--out", str(out), "--cues", "man, guitar",
                    "--no-progress"]) == 0
@@ -103,7 +105,7 @@ def test_predict_with_a_captioner_runs_the_caption_and_cue_stages(export, tmp_pa
     assert cues["source"] == f"captioner {blip} + cue set vocab"
     assert len(cues["frames"]) == 2 and all(isinstance(f["caption"], str) for f in cues["frames"])
     # the caption and cue stages wrote real stage outputs for the clip
-    assert (out / "work" / "cache" / P.DATASET / "captions" / "latest.json").exists()
-    assert (out / "work" / "cache" / P.DATASET / "cues" / "latest-vocab.json").exists()
+    assert (out / "work" / "cache" / PS.DATASET / "captions" / "latest.json").exists()
+    assert (out / "work" / "cache" / PS.DATASET / "cues" / "latest-vocab.json").exists()
     if not any(f["cues"] for f in cues["frames"]):  # random BLIP weights rarely name a category
         assert "found no cues" in capsys.readouterr().out

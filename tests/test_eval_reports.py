@@ -13,6 +13,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import dummies_eval as D  # noqa: E402
 
+from train import eval_inputs as EI  # noqa: E402
 from train import evaluate as E  # noqa: E402
 from train import pictures as P  # noqa: E402
 from train import preference as PR  # noqa: E402
@@ -176,13 +177,24 @@ def test_overlay_strip_and_text_table(tmp_path):
     assert "50.00 (0.0) / 0.500 (0.0)" in txt and "25.00" in txt
 
 
+def test_preference_chart_axis_labels_survive_the_delta_texts():
+    # the Delta written above each perturbed bar once reused the y-label variable, so both axes read "0"
+    rows = [{"model": m, "condition": c, "miou": mi, "fscore": f, "delta_m": dm, "delta_f": df}
+            for m in ("teso", "audio_only")
+            for c, mi, f, dm, df in (("none", 0.66, 0.80, 0.0, 0.0), ("mute", 0.38, 0.67, 42.6, 16.2),
+                                     ("wgn10", 0.66, 0.80, -0.2, 0.1))]
+    fig = P.preference_figure(pd.DataFrame(rows), conditions=["none", "mute", "wgn10"])
+    assert [ax.get_ylabel() for ax in fig.axes] == ["mIoU (%)", "F-score"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "0", "43", "43"]
+
+
 def test_resolve_export_by_latest_dir_or_name(world):
     runs = world["root"] / "runs"
-    assert E.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
-    assert E.resolve_export(run="r_audio", runs_root=runs) == (runs / "r_audio", runs / "r_audio" / "export")
-    assert E.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
-    with pytest.raises(E.EvalError, match="run directory not found"):
-        E.resolve_export(run="nope", runs_root=runs)
+    assert EI.resolve_export(runs_root=runs) == (runs / "r_teso", runs / "r_teso" / "export")  # runs/latest.json
+    assert EI.resolve_export(run="r_audio", runs_root=runs) == (runs / "r_audio", runs / "r_audio" / "export")
+    assert EI.resolve_export(run=runs / "r_audio", runs_root=runs)[1] == runs / "r_audio" / "export"
+    with pytest.raises(EI.EvalError, match="run directory not found"):
+        EI.resolve_export(run="nope", runs_root=runs)
 
 
 def test_find_models_filters_by_training_dataset(world, capsys):

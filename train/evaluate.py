@@ -10,6 +10,8 @@
   protocols of :data:`train.metrics.PROTOCOLS` from per-frame counts; the report's headline uses
   ``--protocol``. Groups: all, each subset, each evaluation slice (SynthAVS). AVSS semantic
   figures when the model has a semantic head and the data serve class masks.
+* Modules: :mod:`train.eval_inputs` (which export, which data), :mod:`train.eval_scoring` (the
+  prediction pass and the per-group figures), this one (overlay pictures, the report, the CLI).
 * Output ``reports/<run>/metrics.json`` and ``report.md``, ``overlays/*.png`` (frames, GT,
   prediction with normal and with muted audio, text cues) and ``curves.png`` (training logs).
 
@@ -19,233 +21,27 @@ prints one ``error: ...`` line naming what and where, and exits 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
-from manifests.schema import ManifestError, read_manifest
+from manifests.schema import read_manifest
 from pipeline.runner import StageError
 from pipeline.store import FeatureStore
 from train import metrics as M
-from train.data import AVSDataModule, FeatureCacheError, collate_clips
-from train.export import ExportError, load_exported, read_export_config
+from train.data import AVSDataModule
+from train.eval_inputs import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, error_line, make_datamodule,
+                               resolve_export)
+from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
+from train.export import load_exported, read_export_config
 
-RUNS_ROOT = Path("runs")
-REPORTS_ROOT = Path("reports")
 N_OVERLAYS = 6          # clips drawn per report (fixed sample, counter_bias first)
 MUTE_TAG = "mute"       # audio cache of the muted condition (features stage tag)
-EVAL_ERRORS = (ExportError, FeatureCacheError, StageError, ManifestError, M.MetricInputError, FileNotFoundError)
-
-
-class EvalError(ValueError):
-    """Evaluation cannot run; the message names what and where."""
-
-
-def error_line(exc: BaseException) -> str:
-    """The one ``error: ...`` line a CLI prints (library messages may span lines)."""
-    return "error: " + " ".join(str(exc).split())
-
-
-# ---------------------------------------------------------------- locating models and data
-def resolve_export(*, run: str | Path | None = None, export: str | Path | None = None,
-                   runs_root: Path = RUNS_ROOT) -> tuple[Path, Path]:
-    """(run dir, export dir): explicit ``export``, else ``run/export``, else ``runs/latest.json``."""
-    if export is not None:
-        export = Path(export)
-        return (export.parent if export.name == "export" else export), export
-    if run is None:
-        ptr = Path(runs_root) / "latest.json"
-        if not ptr.exists():
-            raise EvalError(f"{ptr}: no trained run recorded; run `make train` or pass --run runs/<name>")
-        info = json.loads(ptr.read_text())
-        run = Path(info["run_dir"])
-        if info.get("export"):
-            return run, Path(info["export"])
-    run = Path(run)
-    if not run.exists() and (Path(runs_root) / run).exists():  # a run name (as `make train RUN=<name>` takes)
-        run = Path(runs_root) / run
-    if not run.exists():
-        raise EvalError(f"{run}: run directory not found (give a run directory or a name under {runs_root}/)")
-    return run, run / "export"
-
-
-def data_settings(export_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The export's recorded data-module arguments (flat or ``{class_path, init_args}``)."""
-    data = dict(export_cfg.get("data") or {})
-    if "init_args" in data:
-        data = dict(data["init_args"] or {})
-    allowed = set(inspect.signature(AVSDataModule.__init__).parameters) - {"self"}
-    return {k: v for k, v in data.items() if k in allowed}
-
-
-def make_datamodule(export_cfg: dict[str, Any], *, dataset: str | None = None, cache_root: str | Path | None = None,
-                    manifest: str | None = None, audio_tag: str = "none", split: str = "test",
-                    batch_size: int | None = None, semantic: bool = False, **override: Any) -> AVSDataModule:
-    """An :class:`AVSDataModule` with the model's data settings, serving ``split`` as its test split.
-
-    ``dataset``/``cache_root``/``manifest`` override the recorded ones (another machine); the cache
-    directories are the latest pointers unless given in ``override`` (``visual_dir``...).
-    """
-    kw = data_settings(export_cfg)
-    recorded_dataset = kw.get("dataset")
-    if dataset is not None:
-        kw["dataset"] = dataset
-        if recorded_dataset not in (None, dataset):
-            kw.pop("manifest", None)
-    if cache_root is not None:
-        kw["cache_root"] = str(cache_root)
-    if manifest is not None:
-        kw["manifest"] = manifest
-    for k in ("audio_dir", "visual_dir", "text_dir"):  # a training machine's explicit dirs do not apply here
-        kw.pop(k, None)
-    kw.update(audio_tag=audio_tag, splits={"test": split}, class_masks=semantic, num_workers=0, **override)
-    if batch_size is not None:
-        kw["eval_batch_size"] = batch_size
-    return AVSDataModule(**kw)
-
-
-# ---------------------------------------------------------------- prediction
-@torch.inference_mode()
-def forward_batch(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(``[N, Hm, Wm]`` binary logits, ``[N, C+1, Hm, Wm]`` semantic scores or None) at the GT mask size."""
-    out = model(visual=batch.visual, audio=batch.audio, cue_emb=batch.cue_emb, cue_mask=batch.cue_mask,
-                output_size=tuple(batch.masks.shape[-2:]))
-    return out.mask_logits.float(), (out.semantic_scores.float() if out.semantic_scores is not None else None)
-
-
-@dataclass
-class Predictions:
-    """What one pass over a split keeps: per-frame counts per protocol, AVSS sums, a few clips' maps.
-
-    ``uids[k]`` is clip index ``k`` of every :class:`train.metrics.FrameStats`.
-    """
-
-    uids: list[str]
-    stats: dict[str, M.FrameStats]
-    avss: dict[str, Any] | None = None
-    avss_binary: M.FrameStats | None = None
-    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    seconds: float = 0.0
-    frames: list[tuple[str, int]] = field(default_factory=list)  # (uid, frame_idx) of each scored row
-
-
-def predict_clips(model: torch.nn.Module, dm: AVSDataModule, *, protocols: Sequence[str] = tuple(M.PROTOCOLS),
-                  keep: Iterable[str] = (), progress: bool = True, desc: str = "predict",
-                  uids: Sequence[str] | None = None, semantic_names: list[str] | None = None) -> Predictions:
-    """Run the model over the test split (or just ``uids`` of it) and accumulate the counts.
-
-    Frames without ground truth (``mask_valid`` False) are not scored. The probability maps of the
-    clips in ``keep`` are kept for pictures.
-    """
-    keep = set(keep)
-    protos = {p: M.get_protocol(p) for p in protocols}
-    ds = dm.split_dataset("test")
-    if uids is None:
-        loader: Iterable = dm.dataloader("test", shuffle=False)
-        total = len(loader)  # type: ignore[arg-type]
-    else:
-        pos = {u: i for i, u in enumerate(ds.uids)}
-        missing = [u for u in uids if u not in pos]
-        if missing:
-            raise EvalError(f"clips {missing[:3]} are not in the test split of {dm.manifest_path}")
-        bs = dm.eval_batch_size
-        loader = (collate_clips([ds[pos[u]] for u in uids[k:k + bs]]) for k in range(0, len(uids), bs))
-        total = (len(uids) + bs - 1) // bs
-    parts: dict[str, list[M.FrameStats]] = {p: [] for p in protos}
-    sem_parts: list[M.FrameStats] = []
-    avss_metric: M.AVSSMetric | None = None
-    order: list[str] = []
-    scored: list[tuple[str, int]] = []
-    kept: dict[str, dict[str, np.ndarray]] = {}
-    t0 = time.perf_counter()
-    model.eval()
-    for batch in tqdm(loader, total=total, desc=desc, disable=not progress, unit="batch"):
-        logits, sem = forward_batch(model, batch)
-        where = f"batch of clips {batch.uids[0]}..{batch.uids[-1]}"
-        masks = batch.masks
-        M.check_inputs(logits, masks, clip_len=batch.clip_len, where=where)
-        clip = len(order) + torch.arange(logits.shape[0]) // batch.clip_len
-        valid = batch.mask_valid.bool()
-        for name, proto in protos.items():
-            parts[name].append(M.frame_stats(logits[valid], masks[valid], clip=clip[valid], protocol=proto))
-        if sem is not None and batch.class_masks is not None:
-            if avss_metric is None:
-                names = semantic_names if semantic_names and len(semantic_names) == sem.shape[1] else None
-                avss_metric = M.AVSSMetric(num_classes=sem.shape[1], class_names=names)
-            avss_metric.update(sem[valid], batch.class_masks[valid])
-            sem_parts.append(M.frame_stats(M.semantic_to_binary_logits(sem[valid]), masks[valid], clip=clip[valid],
-                                           protocol=M.get_protocol(M.DEFAULT_PROTOCOL)))
-        t = batch.clip_len
-        fidx = batch.frame_idx.reshape(-1)
-        scored += [(batch.uids[i // t], int(fidx[i])) for i in valid.nonzero().flatten().tolist()]
-        for b, uid in enumerate(batch.uids):
-            if uid in keep:
-                kept[uid] = {"prob": torch.sigmoid(logits[b * t:(b + 1) * t]).numpy(),
-                             "mask": masks[b * t:(b + 1) * t].numpy()}
-        order.extend(batch.uids)
-    seconds = time.perf_counter() - t0
-    stats = {p: M.FrameStats.cat(v) if v else _empty_stats(protos[p]) for p, v in parts.items()}
-    return Predictions(uids=order, stats=stats, avss=avss_metric.compute() if avss_metric else None,
-                       avss_binary=M.FrameStats.cat(sem_parts) if sem_parts else None, kept=kept, seconds=seconds,
-                       frames=scored)
-
-
-def _empty_stats(proto: M.Protocol) -> M.FrameStats:
-    z = torch.zeros(0, dtype=torch.long)
-    c = torch.zeros(0, proto.num_thresholds, dtype=torch.long)
-    return M.FrameStats(clip=z, tp_curve=c, pos_curve=c.clone(), gt=z, inter=z, pred=z, pixels=z)
-
-
-# ---------------------------------------------------------------- grouping
-def subset_clips(clips: pd.DataFrame, uids: Sequence[str]) -> dict[str, list[int]]:
-    """Clip indices (positions in ``uids``) of each subset."""
-    pos = {u: i for i, u in enumerate(uids)}
-    c = clips[clips["uid"].isin(pos)]
-    return {str(name): sorted(pos[u] for u in part["uid"]) for name, part in c.groupby("subset", sort=True)}
-
-
-def frame_slices(manifest_frames: pd.DataFrame, scored: Sequence[tuple[str, int]]) -> np.ndarray:
-    """Slice name of each scored frame (``Predictions.frames`` order)."""
-    lut = {(u, int(f)): s for u, f, s in zip(manifest_frames["uid"], manifest_frames["frame_idx"], manifest_frames["slice"])}
-    return np.array([lut.get(k, "") for k in scored], dtype=object)
-
-
-def score_group(pred: Predictions, clip_idx: Sequence[int] | None, protocols: Sequence[str]) -> dict[str, Any]:
-    """All protocols' figures for a set of clips (None = all)."""
-    out: dict[str, Any] = {}
-    for p in protocols:
-        s = pred.stats[p] if clip_idx is None else pred.stats[p].select_clips(list(clip_idx))
-        res = M.score_stats(s, p)
-        out["clips"], out["frames"] = res.pop("clips"), res.pop("frames")
-        res.pop("protocol")
-        out[p] = res
-    return out
-
-
-def score_slices_by_frame(pred: Predictions, slices: np.ndarray, protocols: Sequence[str]) -> dict[str, Any]:
-    """Per-slice figures over the frames carrying that slice (SynthAVS slices are per frame, so a
-    clip may mix slices over time; a clip's frames of one slice are scored together as its batch)."""
-    out: dict[str, Any] = {}
-    for name in sorted(set(slices) - {""}):
-        keep = torch.as_tensor(slices == name).nonzero().flatten()
-        groups: dict[str, Any] = {}
-        for p in protocols:
-            res = M.score_stats(pred.stats[p].select(keep), p)
-            groups["clips"], groups["frames"] = res.pop("clips"), res.pop("frames")
-            res.pop("protocol")
-            groups[p] = res
-        out[name] = groups
-    return out
 
 
 # ---------------------------------------------------------------- pictures

@@ -22,7 +22,7 @@ from torch import nn
 
 from model import losses
 from train.batch import AVSBatch
-from train.metrics import AVSMetric, rank_and_world
+from train.metrics_accumulate import AVSMetric, rank_and_world
 
 MONITOR = "val/miou"
 LAST = "last"  # checkpoint file name of the last completed epoch (resume point)

@@ -125,6 +125,16 @@ def training_curves(metrics_csv: str | Path | Sequence[str | Path], out_path: st
 
 def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Sequence[str],
                     labels: dict[str, str] | None = None, title: str = "Segmentation preference test") -> Path:
+    """Write :func:`preference_figure` of ``table`` as a PNG at ``out_path``."""
+    fig = preference_figure(table, conditions=conditions, labels=labels, title=title)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    return out_path
+
+
+def preference_figure(table: pd.DataFrame, *, conditions: Sequence[str], labels: dict[str, str] | None = None,
+                      title: str = "Segmentation preference test"):
     """Grouped bars like the paper's preference figure: per model, mIoU (left) and F (right) under
     each audio condition, the relative drop Delta (%) written above each perturbed bar.
 
@@ -132,12 +142,15 @@ def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Se
         table: rows with columns ``model, condition, miou, fscore, delta_m, delta_f`` (one slice).
         conditions: the bar order, normal audio first.
         labels: legend text per condition (default: the condition names).
+
+    Returns:
+        The matplotlib ``Figure`` (two axes, y labels ``mIoU (%)`` and ``F-score``).
     """
     models = list(dict.fromkeys(table["model"]))
     fig = _figure(max(6.0, 2.2 * len(models) * 2), 3.8)
     width = 0.8 / len(conditions)
     cmap = ["#4d4d4d", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
-    for k, (metric, delta, label, scale) in enumerate((("miou", "delta_m", "mIoU (%)", 100.0), ("fscore", "delta_f", "F-score", 1.0))):
+    for k, (metric, delta, ylabel, scale) in enumerate((("miou", "delta_m", "mIoU (%)", 100.0), ("fscore", "delta_f", "F-score", 1.0))):
         ax = fig.add_subplot(1, 2, k + 1)
         for j, cond in enumerate(conditions):
             xs, ys, ds = [], [], []
@@ -152,20 +165,17 @@ def preference_bars(table: pd.DataFrame, out_path: str | Path, *, conditions: Se
             if j > 0:
                 for x, y, d in zip(xs, ys, ds):
                     if np.isfinite(d):
-                        label = f"{d:.0f}"
-                        ax.text(x, y, "0" if label == "-0" else label, ha="center", va="bottom", fontsize=6)
+                        text = f"{d:.0f}"
+                        ax.text(x, y, "0" if text == "-0" else text, ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(models)))
         ax.set_xticklabels(models, fontsize=8)
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
         if k == 0:
             ax.legend(fontsize=7)
     fig.suptitle(f"{title} (numbers: relative drop %)", fontsize=9)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return fig
 
 
 def is_blank(path: str | Path) -> bool:

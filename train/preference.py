@@ -35,8 +35,8 @@ from PIL import Image
 from manifests.schema import read_manifest
 from pipeline.runner import StageError
 from train import metrics as M
-from train.evaluate import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, Predictions, error_line, frame_slices, make_datamodule,
-                            predict_clips, score_group, score_slices_by_frame, subset_clips)
+from train.eval_inputs import EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, error_line, make_datamodule
+from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
 from train.export import load_exported, read_export_config
 
 CONDITIONS = ("none", "mute", "wgn10", "wgn40")  # audio cache tags; "none" = the normal audio
