@@ -14,7 +14,9 @@ Nothing loads at construction; :meth:`LLMBackend.load` does, once.
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable
 
 from cues.hub import SMOLLM2, ResolvedModel, load_pretrained, resolve_model
@@ -93,14 +95,21 @@ class TransformersBackend(LLMBackend):
         res = self.resolve()
         res.verify()  # the weight file's sha256, right before it is loaded
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"gguf_file": res.gguf_file} if res.gguf_file else {}
-        self.tokenizer = load_pretrained(AutoTokenizer, res, padding_side="left", **kw)
+        dtype = getattr(torch, self.torch_dtype())
+        converted = converted_dir(res, self.torch_dtype())
+        if converted is not None and (converted / CONVERTED_MARK).exists():
+            src, kw = ResolvedModel(str(converted), res.label), {}
+        else:
+            src, kw = res, ({"gguf_file": res.gguf_file} if res.gguf_file else {})
+        self.tokenizer = load_pretrained(AutoTokenizer, src, padding_side="left", **kw)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{res.label}: the tokenizer has no chat template; use an instruction-tuned model")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = getattr(torch, self.torch_dtype())
-        self.model = load_pretrained(AutoModelForCausalLM, res, dtype=dtype, **kw).to(self.device).eval()
+        self.model = load_pretrained(AutoModelForCausalLM, src, dtype=dtype, **kw).eval()
+        if converted is not None and src is res:
+            save_converted(self.model, self.tokenizer, converted)
+        self.model = self.model.to(self.device)
         use_gqa_sdpa(self.model)
 
     def _grammar(self, schema: dict[str, Any]):
@@ -187,6 +196,49 @@ class VLLMBackend(LLMBackend):
         for i in range(len(outs) if on_answer else 0):
             on_answer(i)
         return [o.outputs[0].text for o in outs]
+
+
+CONVERTED_MARK = ".complete"
+
+
+def converted_dir(res: ResolvedModel, dtype: str) -> "Path | None":
+    """Where a verified GGUF model is kept converted to ``dtype`` (safetensors + tokenizer).
+
+    Converting a GGUF file (de-quantising every tensor, building the tokenizer from its
+    vocabulary) takes about a minute; a converted copy loads in seconds. It is keyed by the
+    GGUF file's sha256, which :meth:`ResolvedModel.verify` has just checked.
+    """
+    sha = res.identity.get("sha256")
+    if not res.gguf_file or not sha:
+        return None
+    from cues.weights import weights_dir
+
+    return weights_dir() / "converted" / f"{sha[:24]}-{dtype}"
+
+
+def save_converted(model, tokenizer, out: "Path") -> None:
+    """Save a GGUF-loaded model as a plain checkpoint (temp dir + rename; best effort)."""
+    import shutil
+    import sys
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    quantizer, qconfig = model.hf_quantizer, getattr(model.config, "quantization_config", None)
+    try:
+        # transformers refuses to save a model it loaded from GGUF; the tensors are plain by now
+        model.hf_quantizer = None
+        if qconfig is not None:
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARK).touch()
+        os.replace(tmp, out)
+    except OSError as exc:  # a full or read-only disk only costs the conversion next time
+        print(f"[cues] could not keep the converted model in {out} ({exc})", file=sys.stderr)
+    finally:
+        model.hf_quantizer = quantizer
+        if qconfig is not None:
+            model.config.quantization_config = qconfig
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -187,3 +187,38 @@ def joined_file(spec: ChunkedGGUF, *, verify: bool = True) -> Path:
             return out
         out.unlink()
     return join_parts(spec, out)
+
+
+def missing_packages(spec: ChunkedGGUF) -> list[str]:
+    """``dist==version`` of every chunk package that is not installed (pip arguments)."""
+    return [f"{spec.dist(i)}=={spec.version}" for i in range(1, spec.parts + 1)
+            if _package_dir(spec.package(i)) is None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cues.weights MODEL [--missing]``: join and verify, or list what pip must install."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m cues.weights", description=main.__doc__)
+    p.add_argument("model", help=f"one of {sorted(CHUNKED)}; any other model needs no chunk packages")
+    p.add_argument("--missing", action="store_true",
+                   help="print the chunk packages still to install (pip arguments), one per line, and exit")
+    a = p.parse_args(argv)
+    spec = CHUNKED.get(a.model)
+    if spec is None:
+        return 0
+    if a.missing:
+        print("\n".join(missing_packages(spec)))
+        return 0
+    try:
+        path = joined_file(spec)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{spec.name}: {path} ({spec.size} bytes, sha256 {spec.sha256}, from {spec.upstream}, {spec.license})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

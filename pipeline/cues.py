@@ -48,6 +48,8 @@ from pipeline.runner import FAILURE, Stage, ShardOutput, StageResult, latest, pr
 PRESETS = {"cot": ("llm", "cot-v1"), "direct": ("llm", "direct-v1"), "vocab": ("vocab-match", None),
            "active": ("active", None), "oracle": ("oracle", None)}
 DEFAULT_SETS = "cot,direct,vocab,oracle"
+DEFAULT_LLM_BATCH = 32        # answers decoded together (transformers backend)
+DEFAULT_MAX_NEW_TOKENS = 112  # answer length bound (the schema's length bounds stop a good answer first)
 PARSE_STATUSES = ("ok", "repaired", "malformed", "empty")
 
 
@@ -207,7 +209,7 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | No
              cache_root: str | Path = "cache", captions_dir: str | Path | None = None,
              llm_backend: str = "transformers", model: str = DEFAULT_MODEL, gguf_file: str | None = None,
              dtype: str = "auto", vocabulary: str = "closed", structured: bool = True, repair: bool = True,
-             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 32,
+             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_batch_size: int = DEFAULT_LLM_BATCH,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
              ask_ahead: int = 256) -> dict[str, StageResult]:
@@ -264,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-structured", action="store_true", help="free-text generation + tolerant parser (no JSON schema)")
     p.add_argument("--no-repair", action="store_true", help="no retry with the repair prompt for unreadable answers")
     p.add_argument("--max-cues", type=int, default=DEFAULT_MAX_CUES)
-    p.add_argument("--max-new-tokens", type=int, default=112)
-    p.add_argument("--llm-batch-size", type=int, default=32, help="answers decoded together (transformers backend)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--llm-batch-size", type=int, default=DEFAULT_LLM_BATCH,
+                   help="answers decoded together (transformers backend)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
     p.add_argument("--batch-size", type=int, default=128,
                    help="rows per runner micro-batch (LLM sets have asked their distinct captions ahead)")
