@@ -45,7 +45,7 @@ from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.captions import read_captions
 from pipeline.runner import FAILURE, Stage, ShardOutput, StageResult, latest, print_summary, read_stage, run_stage
 
-PRESETS = {"cot": ("llm", "cot-v1"), "direct": ("llm", "direct-v1"), "vocab": ("vocab-match", None),
+PRESETS = {"cot": ("llm", "cot-v2"), "direct": ("llm", "direct-v2"), "vocab": ("vocab-match", None),
            "active": ("active", None), "oracle": ("oracle", None)}
 DEFAULT_SETS = "cot,direct,vocab,oracle"
 DEFAULT_LLM_BATCH = 32        # answers decoded together (transformers backend)
