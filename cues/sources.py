@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from cues.backends import LLMBackend
 from cues.memo import Memo, memo_key
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, normalize_cues
-from cues.parse import parse_answer
-from cues.templates import OUTPUTS, PromptTemplate, answer_schema
+from cues.parse import parse_answer, reasoning_verdicts
+from cues.templates import ANSWER_KEY, OUTPUTS, PromptTemplate, answer_schema
 from pipeline.fingerprint import canonical_json, text_hash
 
 SOURCES = ("transformers", "vllm", "vocab-match", "active", "oracle")
@@ -84,8 +84,20 @@ class LLMCues:
         return self._settings
 
     def config(self) -> dict[str, Any]:
-        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues,
+        answer = "reasoning verdicts" if self.template.output == "reason" else ANSWER_KEY
+        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
                 "map_to_vocabulary": self.closed, "normalization": NORMALIZATION_VERSION}
+
+    def items(self, res: dict[str, Any]) -> list[str]:
+        """The cue phrases of an answer. A ``reason`` answer's are the objects its reasoning
+        judges "sounds": small models often list every object after judging some silent
+        (a 0.5B model: "dogs: lying asleep, silent" then ["dogs"]), so the verdicts, not the
+        list, are the chain of thought's conclusion; the list counts when no verdict is readable."""
+        if self.template.output == "reason":
+            verdicts = reasoning_verdicts(res["raw_output"])
+            if verdicts is not None:
+                return [name for name, sounds in verdicts if sounds]
+        return res["items"]
 
     def key(self, caption: str) -> str:
         # The answer cap (max_cues) is part of the schema, hence of the key, via settings+schema.
@@ -153,7 +165,7 @@ class LLMCues:
         for k in keys:
             res = known[k]
             vocabulary = self.vocabulary if self.closed else None
-            cues = normalize_cues(res["items"], k=self.max_cues, vocabulary=vocabulary)
+            cues = normalize_cues(self.items(res), k=self.max_cues, vocabulary=vocabulary)
             out.append(CueAnswer(cues, _final_status(res["status"], cues), res["raw_output"], res["repair_output"], k))
         return out
 

@@ -1,4 +1,4 @@
-"""The captions + cues stages end to end on a small generated SynthAVS with the offline SmolLM2 (slow)."""
+"""The captions + cues stages end to end on a small generated SynthAVS with the default offline LLM (slow)."""
 import json
 
 import pytest
@@ -20,7 +20,7 @@ def test_demo_cue_sets_end_to_end(tmp_path, monkeypatch, capsys):
     captions_main(common)
     cues_main(common)
     out = capsys.readouterr().out
-    for tag in ("cot", "direct", "vocab", "oracle"):
+    for tag in ("cot", "direct", "vocab", "active", "oracle"):
         assert f"\n{tag} " in out
         d = json.loads((tmp_path / "cache" / "synthavs" / "cues" / f"latest-{tag}.json").read_text())["dir"]
         card, rep = read_card(d), json.loads((tmp_path / "cache" / "synthavs" / "cues" / d.split("/")[-1] / "cue_quality.json").read_text())
@@ -30,4 +30,4 @@ def test_demo_cue_sets_end_to_end(tmp_path, monkeypatch, capsys):
             assert card["memo"]["hit_rate"] > 0.5  # 5 frames of a clip share one caption
         assert 0 <= rep["f1"] <= 1
     cues_main(common)  # second run: nothing recomputed, no model loaded
-    assert capsys.readouterr().err.count("already complete, nothing loaded") == 4
+    assert capsys.readouterr().err.count("already complete, nothing loaded") == 5
