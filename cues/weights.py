@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.fingerprint import file_sha256
 
 CHUNK = 1 << 22  # 4 MiB read/hash blocks
 
@@ -72,7 +73,8 @@ CHUNKED = {s.name: s for s in (QWEN_1_5B, QWEN_0_5B)}
 
 
 def weights_dir() -> Path:
-    """Where joined weight files and content-hash stamps live (``TESO_WEIGHTS_DIR`` overrides)."""
+    """Where joined weight files live (``TESO_WEIGHTS_DIR`` overrides; content hashes are remembered by
+    :func:`pipeline.fingerprint.file_sha256`)."""
     env = os.environ.get("TESO_WEIGHTS_DIR")
     if env:
         return Path(env)
@@ -106,41 +108,6 @@ def part_files(spec: ChunkedGGUF) -> list[Path]:
     return files
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _stamp_path(path: Path) -> Path:
-    return weights_dir() / "stamps" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24] + ".json")
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so a file is hashed once."""
-    path = Path(path)
-    st = path.stat()
-    stamp = _stamp_path(path)
-    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        saved = json.loads(stamp.read_text())
-        if {k: saved.get(k) for k in key} == key:
-            return saved["sha256"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        pass
-    digest = file_sha256(path)
-    try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(f"{stamp.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({**key, "sha256": digest}))
-        os.replace(tmp, stamp)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
-    return digest
-
-
 def join_parts(spec: ChunkedGGUF, out: Path, parts: list[Path] | None = None) -> Path:
     """Join the chunks into ``out`` (via a temp file), checking size and sha256 on the way.
 
@@ -169,7 +136,7 @@ def join_parts(spec: ChunkedGGUF, out: Path, parts: list[Path] | None = None) ->
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    content_hash(out)  # the stamp: later checks of this file need no re-hash
+    file_sha256(out)  # remembered: later checks of this unchanged file need no re-hash
     return out
 
 
@@ -183,7 +150,7 @@ def joined_file(spec: ChunkedGGUF, *, verify: bool = True) -> Path:
     if out.is_file():
         if not verify:
             return out
-        if out.stat().st_size == spec.size and content_hash(out) == spec.sha256:
+        if out.stat().st_size == spec.size and file_sha256(out) == spec.sha256:
             return out
         out.unlink()
     return join_parts(spec, out)

@@ -199,7 +199,7 @@ def test_active_cues_are_the_objects_drawn_active(world, capsys):
     rows = read_cues(world["cache"], "tiny", "active")
     got = rows.groupby("uid")["cues"].first().map(list).to_dict()
     assert got["c000"] == ["man", "guitar"] and got["c003"] == ["dog", "piano"] and got["c006"] == ["drums"]
-    rep = json.loads((Path(read_card_dir(world, "active")) / "cue_quality.json").read_text())
+    rep = json.loads(report_path(read_card_dir(world, "active")).read_text())
     assert rep["recall"] == 1.0 and rep["precision"] < 1.0  # every source is drawn active, not every active object sounds
 
 
