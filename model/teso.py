@@ -5,15 +5,19 @@ Variants are constructor arguments only (E's YAML configs set them):
 | variant            | arguments                                                                  |
 |--------------------|----------------------------------------------------------------------------|
 | ``teso``           | ``prompt_mode="sedam", dynamic_mask=True`` (defaults)                        |
-| ``audio_only``     | ``prompt_mode="audio_only"`` (no text; audio tokens prompt the queries)     |
+| ``audio_only``     | ``prompt_mode="audio_only"``: the same SeDAM with ``learned_queries`` learned |
+|                    | query embeddings in place of the cue embeddings (no text projection)       |
 | ``no_dynamic_mask``| ``dynamic_mask=False`` (no gate; padded cues embedded like real ones)       |
-| ``official``       | ``prompt_mode="official", binary_head="weighted_sum", pmqs_layers=1``       |
+| ``official``       | ``prompt_mode="official", binary_head="weighted_sum", pmqs_layers=1,``      |
+|                    | ``no_object_logit=False`` (the public code's block and head)               |
 | ``no_infonce`` / ``oracle_cues`` / ``vocab_cues`` | same network; loss weight / text cache differ (E) |
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,8 @@ from torch import nn
 from model.decoder import LoadReport, MaskDecoder
 from model.heads import BinaryHeadMode, binary_logits, semantic_scores
 from model.pmqs import PMQS
-from model.sedam import AudioPrompts, OfficialSeDAM, SeDAM, SeDAMOutput
+from model.official import OfficialSeDAM
+from model.sedam import SeDAM, SeDAMOutput
 
 PromptMode = Literal["sedam", "official", "audio_only"]
 
@@ -41,7 +46,9 @@ class TeSOOutput:
             resolution (deep supervision of the binary map; the losses upsample to the target).
         aux_query_masks: per earlier decoder stage ``[N, Q, h, w]`` (deep supervision).
         aux_class_logits: per earlier decoder stage ``[N, Q, C+1]``.
-        sedam: the prompt generator's output (prompts, gates, attention, ``audio_pooled``/``text_pooled``).
+        sedam: the prompt generator's output (prompts, gates, attention, alignment embeddings); its
+            per-frame fields have the decoded rows only when ``frames`` is given.
+        pmqs_attn: ``[N, L, Q, P]`` PMQS attention of the decoder queries over the prompt tokens.
     """
 
     mask_logits: torch.Tensor
@@ -52,6 +59,7 @@ class TeSOOutput:
     aux_query_masks: tuple[torch.Tensor, ...]
     aux_class_logits: tuple[torch.Tensor, ...]
     sedam: SeDAMOutput
+    pmqs_attn: torch.Tensor
 
 
 class TeSO(nn.Module):
@@ -63,8 +71,12 @@ class TeSO(nn.Module):
         visual_channels / visual_strides: the cached visual levels, finest first.
         num_classes: C categories of the class head (1 for binary AVS).
         semantic: also return AVSS per-class scores.
-        prompt_mode: ``sedam`` (paper), ``official`` (public code's block), ``audio_only`` (no text).
-        dynamic_mask: SeDAM's padding masks + relevance gate (``sedam`` mode only).
+        prompt_mode: ``sedam`` (paper), ``official`` (public code's block), ``audio_only`` (no text:
+            SeDAM with ``learned_queries`` learned query embeddings in place of the cues).
+        dynamic_mask: SeDAM's padding masks + relevance gate (``sedam``/``audio_only``).
+        audio_query: ablation: SeDAM also passes an always-valid audio query token to PMQS (an audio
+            path around the cues; off by default, see ``model/sedam.py``).
+        learned_queries: K of the ``audio_only`` baseline (the paper's 4 cue slots per frame).
         sedam_dim / sedam_layers / sedam_heads / sedam_ffn_dim: SeDAM width, N layers, heads, FFN.
         cue_self_attention: SeDAM layers also self-attend among the frame's cues.
         max_seconds: span of SeDAM's relative temporal embedding (longer offsets are clamped).
@@ -72,6 +84,9 @@ class TeSO(nn.Module):
         hidden_dim, num_queries, num_heads, pixel_decoder_layers, decoder_layers, pixel_ffn_dim,
             decoder_ffn_dim, adapter_dim, pixel_decoder: ``MaskDecoder`` arguments.
         binary_head: how queries combine into one map (``model/heads.py``).
+        no_object_logit: the ``weighted_sum`` head's learned no-object term b = -softplus(beta) < 0
+            (init ``-2``), so that a frame whose queries are all "no object" has probability
+            sigmoid(b) < 0.5 everywhere; False = the public code's head (probability 0.5 there).
         freeze_decoder: freeze the decoder except adapters and class head (use with loaded weights).
         dropout: dropout inside SeDAM and PMQS.
     """
@@ -87,6 +102,8 @@ class TeSO(nn.Module):
         semantic: bool = False,
         prompt_mode: PromptMode = "sedam",
         dynamic_mask: bool = True,
+        audio_query: bool = False,
+        learned_queries: int = 4,
         sedam_dim: int = 256,
         sedam_layers: int = 2,
         sedam_heads: int = 4,
@@ -105,6 +122,7 @@ class TeSO(nn.Module):
         adapter_dim: int = 0,
         pixel_decoder: Literal["msda", "fpn"] = "msda",
         binary_head: BinaryHeadMode = "weighted_sum",
+        no_object_logit: bool = True,
         freeze_decoder: bool = False,
         dropout: float = 0.0,
     ) -> None:
@@ -114,17 +132,23 @@ class TeSO(nn.Module):
         self.prompt_mode = prompt_mode
         self.binary_head = binary_head
         self.semantic = semantic
-        if prompt_mode == "sedam":
+        if prompt_mode in ("sedam", "audio_only"):
+            # audio_only = the same block with learned queries in place of the cues (a fair baseline)
             self.sedam = SeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,
                                num_layers=sedam_layers, num_heads=sedam_heads, ffn_dim=sedam_ffn_dim, dropout=dropout,
-                               max_seconds=max_seconds, dynamic_mask=dynamic_mask, cue_self_attention=cue_self_attention)
+                               max_seconds=max_seconds, dynamic_mask=dynamic_mask, cue_self_attention=cue_self_attention,
+                               audio_query=audio_query,
+                               learned_queries=learned_queries if prompt_mode == "audio_only" else 0)
         elif prompt_mode == "official":
             self.sedam = OfficialSeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,
                                        num_heads=sedam_heads, proj_hidden=sedam_ffn_dim)
-        elif prompt_mode == "audio_only":
-            self.sedam = AudioPrompts(audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim, max_seconds=max_seconds)
         else:
             raise ValueError(f"unknown prompt_mode {prompt_mode!r} (sedam | official | audio_only)")
+        if prompt_mode == "audio_only" and learned_queries < 1:
+            raise ValueError(f"prompt_mode='audio_only' needs learned_queries >= 1, got {learned_queries}")
+        # raw beta of b = -softplus(beta); init b = -2 (probability 0.12 where no query is an object)
+        self.no_object_beta = (nn.Parameter(torch.tensor(math.log(math.expm1(2.0))))
+                               if no_object_logit and binary_head == "weighted_sum" else None)
         self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim, dropout=dropout)
         self.decoder = MaskDecoder(
             in_channels=visual_channels, in_strides=visual_strides, hidden_dim=hidden_dim, num_queries=num_queries,
@@ -134,6 +158,21 @@ class TeSO(nn.Module):
         )
         if freeze_decoder:
             self.decoder.freeze_pretrained(keep_trainable=[n for n, _ in self.decoder.class_predictor.named_parameters(prefix="class_predictor")])
+
+    @property
+    def null_logit(self) -> torch.Tensor | None:
+        """The head's no-object logit b = -softplus(beta) < 0, or None (``model/heads.py``)."""
+        return None if self.no_object_beta is None else -F.softplus(self.no_object_beta)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable-or-not parameter counts: ``total`` and per part (``text_proj`` is what the
+        ``audio_only`` baseline lacks; ``learned_queries`` what it has instead)."""
+        counts = {name: sum(p.numel() for p in child.parameters()) for name, child in self.named_children()}
+        sedam = self.sedam
+        counts["text_proj"] = sum(p.numel() for p in sedam.text_proj.parameters()) if hasattr(sedam, "text_proj") else 0
+        counts["learned_queries"] = sedam.queries.numel() if hasattr(sedam, "queries") else 0
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
 
     def load_pretrained_decoder(self, path_or_id: str, *, freeze: bool = True) -> LoadReport:
         """Load the decoder weights of a ``Mask2FormerForUniversalSegmentation`` checkpoint (a local
@@ -185,19 +224,20 @@ class TeSO(nn.Module):
             if cue_emb.shape[-1] != self.text_dim:
                 raise ValueError(f"cue_emb must be [N, K, {self.text_dim}] (model config text_dim), got {tuple(cue_emb.shape)}")
         prompt = self.sedam(audio=audio, cue_emb=cue_emb, cue_mask=cue_mask)
-        prompts, prompt_bias = prompt.prompts, prompt.prompt_bias
         if frames is not None:
             if frames.dim() != 1 or (frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= n)):
                 raise ValueError(f"frames must be [N'] indices in [0, {n}), got {tuple(frames.shape)}")
             # the decoder is the per-frame cost; SeDAM already saw the whole clip
             visual = [v[frames] for v in visual]
-            prompts, prompt_bias = prompts[frames], prompt_bias[frames]
+            prompt = prompt.select(frames)
             n = frames.numel()
         queries, query_pos = self.decoder.initial_queries(n)
-        queries = self.pmqs(queries=queries, query_pos=query_pos, prompts=prompts, prompt_bias=prompt_bias)
+        queries, pmqs_attn = self.pmqs(queries=queries, query_pos=query_pos, prompts=prompt.prompts,
+                                       prompt_mask=prompt.prompt_mask, prompt_gate=prompt.prompt_gate)
         dec = self.decoder(features=visual, query_features=queries)
         masks, classes = dec.masks_queries_logits[-1], dec.class_queries_logits[-1]
-        logits = binary_logits(masks, classes, mode=self.binary_head)  # (N, h, w)
+        null = self.null_logit
+        logits = binary_logits(masks, classes, mode=self.binary_head, null_logit=null)  # (N, h, w)
         sem = semantic_scores(masks, classes, logits) if self.semantic else None
         if output_size is not None and tuple(output_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
@@ -208,11 +248,12 @@ class TeSO(nn.Module):
             class_logits=classes,
             query_masks=masks,
             semantic_scores=sem,
-            aux_mask_logits=tuple(binary_logits(m, c, mode=self.binary_head)
+            aux_mask_logits=tuple(binary_logits(m, c, mode=self.binary_head, null_logit=null)
                                   for m, c in zip(dec.masks_queries_logits[:-1], dec.class_queries_logits[:-1])),
             aux_query_masks=dec.masks_queries_logits[:-1],
             aux_class_logits=dec.class_queries_logits[:-1],
             sedam=prompt,
+            pmqs_attn=pmqs_attn,
         )
 
 

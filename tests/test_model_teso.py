@@ -13,7 +13,7 @@ VARIANTS = {
     "teso": {},
     "audio_only": {"prompt_mode": "audio_only"},
     "no_dynamic_mask": {"dynamic_mask": False},
-    "official": {"prompt_mode": "official", "binary_head": "weighted_sum", "pmqs_layers": 1},
+    "official": {"prompt_mode": "official", "binary_head": "weighted_sum", "pmqs_layers": 1, "no_object_logit": False},
     "msda": {"pixel_decoder": "msda"},
     "noisy_or": {"binary_head": "noisy_or"},
 }
@@ -36,7 +36,9 @@ def test_variants_run_with_documented_shapes(variant):
     assert out.semantic_scores is None
     assert len(out.aux_query_masks) == len(out.aux_class_logits) == TINY["decoder_layers"] - 1
     assert [m.shape for m in out.aux_mask_logits] == [(N, 8, 8)] * (TINY["decoder_layers"] - 1)
-    assert out.sedam.audio_pooled.shape[0] == B
+    p = out.sedam.prompts.shape[1]
+    assert out.pmqs_attn.shape == (N, 1, q, p)
+    torch.testing.assert_close(out.pmqs_attn.sum(-1), torch.ones(N, 1, q))
     assert torch.isfinite(out.mask_logits).all()
     up = net(**inputs(), output_size=(16, 16))
     assert up.mask_logits.shape == (N, 16, 16)
@@ -73,7 +75,7 @@ def test_zero_cue_and_all_padded_batches_are_finite(variant):
     x["cue_mask"] = torch.zeros_like(x["cue_mask"])
     x["cue_emb"] = torch.zeros_like(x["cue_emb"])
     out = net(**x)
-    for t in (out.mask_logits, out.class_logits, out.query_masks, out.sedam.prompts, out.sedam.text_pooled):
+    for t in (out.mask_logits, out.class_logits, out.query_masks, out.sedam.prompts, out.pmqs_attn):
         assert torch.isfinite(t).all()
 
 
@@ -104,7 +106,8 @@ def _loss(net: TeSO, seed: int) -> torch.Tensor:
     masks = (class_masks > 0).float()
     crit = SetCriterion(num_classes=3, num_points=64)
     loss = sigmoid_bce(out.mask_logits, masks) + dice_loss(out.mask_logits, masks)
-    loss = loss + InfoNCE()(out.sedam.audio_pooled, out.sedam.text_pooled)
+    sd = out.sedam
+    loss = loss + InfoNCE()(sd.align_cues, sd.align_cue_mask, sd.align_audio, anchor=masks.flatten(1).any(1))
     return loss + sum(crit(query_masks=out.query_masks, class_logits=out.class_logits, class_masks=class_masks,
                            aux_query_masks=out.aux_query_masks, aux_class_logits=out.aux_class_logits).values())
 
@@ -125,6 +128,7 @@ def test_every_trainable_parameter_gets_a_gradient(variant):
     first = {n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}
     assert {n for n in params if n.startswith(("sedam.", "pmqs."))} <= first
     assert "sedam.layers.0.cross_attn.in_proj_weight" in first and "sedam.gate_scale" in first
+    assert {"sedam.no_cue", "sedam.align_cue.weight", "sedam.align_audio.weight", "no_object_beta"} <= first
     opt.step()
     opt.zero_grad()
     _loss(net, 1).backward()
@@ -182,7 +186,52 @@ def test_decoding_a_subset_of_frames_equals_those_rows_of_the_full_output(varian
     assert sub.mask_logits.shape == (3, 16, 16) and sub.query_masks.shape[0] == 3
     torch.testing.assert_close(sub.mask_logits, full.mask_logits[frames], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(sub.class_logits, full.class_logits[frames], atol=1e-5, rtol=1e-4)
-    # SeDAM still saw every second of each clip: its pooled outputs are unchanged
-    torch.testing.assert_close(sub.sedam.audio_pooled, full.sedam.audio_pooled)
+    # SeDAM still saw every second of each clip: its prompts are those rows of the full run
+    torch.testing.assert_close(sub.sedam.prompts, full.sedam.prompts[frames])
+    torch.testing.assert_close(sub.sedam.prompt_gate, full.sedam.prompt_gate[frames])
     with pytest.raises(ValueError, match="frames must be"):
         net(**x, frames=torch.tensor([N]))
+
+
+def test_head_says_nothing_sounds_when_every_query_is_no_object():
+    """Every query "no object": probability < 0.5 at every pixel, whatever the masks; the public
+    code's head (no ``null_logit``) sits exactly at 0.5 there."""
+    torch.manual_seed(0)
+    masks = torch.randn(2, 3, 4, 4) * 10
+    silent = torch.tensor([-30.0, 30.0]).expand(2, 3, 2)
+    null = -torch.nn.functional.softplus(torch.tensor(-5.0))  # any beta gives b < 0
+    assert (torch.sigmoid(binary_logits(masks, silent, null_logit=null)) < 0.5).all()
+    torch.testing.assert_close(binary_logits(masks, silent), torch.zeros(2, 4, 4), atol=1e-6, rtol=0)
+    # when some query is an object the no-object term vanishes
+    sounding = torch.tensor([30.0, -30.0]).expand(2, 3, 2)
+    torch.testing.assert_close(binary_logits(masks, sounding, null_logit=null), masks.sum(1), atol=1e-4, rtol=1e-5)
+    # the network: force every query to "no object" through the class head's bias
+    net = _net().eval()
+    with torch.no_grad():
+        net.decoder.class_predictor.bias.copy_(torch.tensor([-50.0, 50.0]))
+    out = net(**inputs(), output_size=(16, 16))
+    assert (torch.sigmoid(out.mask_logits) < 0.5).all()
+    assert net.null_logit < 0 and _net(**VARIANTS["official"]).null_logit is None
+
+
+def test_null_class_loss_teaches_silent_frames():
+    from model.losses import null_class_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 2, requires_grad=True)
+    silent = torch.tensor([True, False, True, False])
+    loss = null_class_loss(logits, silent)
+    expect = -torch.log_softmax(logits[silent], -1)[..., -1].mean()
+    torch.testing.assert_close(loss, expect)
+    loss.backward()
+    assert (logits.grad[~silent] == 0).all() and (logits.grad[silent][..., -1] < 0).all()  # raises "no object"
+    assert null_class_loss(logits, torch.zeros(4, dtype=torch.bool)).item() == 0
+
+
+def test_audio_only_matches_teso_up_to_the_text_projection():
+    teso, audio_only = _net().parameter_counts(), _net(prompt_mode="audio_only").parameter_counts()
+    assert teso["text_proj"] > 0 and audio_only["text_proj"] == 0
+    assert audio_only["learned_queries"] == 4 * TINY["sedam_dim"]
+    assert teso["total"] - teso["text_proj"] == audio_only["total"] - audio_only["learned_queries"]
+    for part in ("pmqs", "decoder"):
+        assert teso[part] == audio_only[part]

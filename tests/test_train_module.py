@@ -60,10 +60,10 @@ def test_zero_cue_batch_is_legal_and_gradients_reach_sedam(batch):
 
 def test_loss_weights_switch_terms(batch):
     assert "infonce" not in make_module(infonce_weight=0.0).compute_losses(make_module(infonce_weight=0.0)(batch), batch)
-    audio_only = make_module(net={"prompt_mode": "audio_only"})
-    assert set(audio_only.compute_losses(audio_only(batch), batch)) == {"bce", "dice"}  # no text side for InfoNCE
-    official = make_module(net={"prompt_mode": "official", "binary_head": "weighted_sum"}, dice_weight=0.0,
-                           infonce_weight=0.0, metric_protocol="teso")
+    audio_only = make_module(net={"prompt_mode": "audio_only"}, infonce_weight=0.0)
+    assert set(audio_only.compute_losses(audio_only(batch), batch)) == {"bce", "dice", "null"}
+    official = make_module(net={"prompt_mode": "official", "binary_head": "weighted_sum", "no_object_logit": False},
+                           dice_weight=0.0, infonce_weight=0.0, null_weight=0.0, metric_protocol="teso")
     assert set(official.compute_losses(official(batch), batch)) == {"bce"}
     assert official.val_metric.protocol.threshold == 0.4
 
@@ -105,3 +105,35 @@ def test_train_frames_decodes_k_frames_per_clip_and_scores_them_against_their_ow
     assert make_module(train_frames=t).sample_frames(batch) is None  # k >= T: every frame
     with pytest.raises(ValueError, match="train_frames"):
         make_module(train_frames=0)
+
+
+def test_batch_carries_frame_labels_and_infonce_masks_shared_categories(batch):
+    """Every tiny clip sounds "guitar": all negatives share the category, so InfoNCE has nothing to
+    contrast (loss 0); with distinct categories per clip it does."""
+    n = batch.masks.shape[0]
+    assert batch.frame_labels is not None and batch.frame_labels.shape == (n, 1) and batch.frame_labels.all()
+    module = make_module()
+    assert module.compute_losses(module(batch), batch)["infonce"].item() == pytest.approx(0.0, abs=1e-6)
+    per_clip = torch.eye(batch.num_clips, dtype=torch.bool).repeat_interleave(batch.clip_len, 0)  # (N, B)
+    distinct = dataclasses.replace(batch, frame_labels=per_clip)
+    assert module.compute_losses(module(distinct), distinct)["infonce"].item() > 0
+
+
+def test_null_loss_only_on_silent_frames(batch):
+    module = make_module()
+    assert module.compute_losses(module(batch), batch)["null"].item() == 0  # no silent frame in this batch
+    silent = dataclasses.replace(batch, masks=torch.zeros_like(batch.masks))
+    assert module.compute_losses(module(silent), silent)["null"].item() > 0
+
+
+def test_cue_diagnostics_are_logged(batch):
+    module = make_module()
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
+    module._shared_step(batch, "val")
+    for name in ("val/gate_mean", "val/gate_sounding", "val/pmqs_share_cue", "val/pmqs_share_nocue",
+                 "val/pmqs_gated_share_cue"):
+        assert name in logged, sorted(logged)
+    assert 0 < logged["val/gate_mean"] < 1
+    assert logged["val/pmqs_share_cue"] + logged["val/pmqs_share_nocue"] == pytest.approx(1.0, abs=1e-5)
+    assert "val/pmqs_share_audio" not in logged  # no audio path around the cues by default

@@ -20,6 +20,9 @@ class AVSBatch:
         masks: ``[N, Hm, Wm]`` float {0, 1} binary ground truth of the sounding objects.
         mask_valid: ``[N]`` True where the frame has a ground-truth mask.
         class_masks: ``[N, Hm, Wm]`` long, 0 = background, c + 1 = category c (AVSS), or None.
+        frame_labels: ``[N, C]`` bool multi-hot of each frame's *sounding* categories (the manifest's
+            ``labels``; C = the data module's ``categories``), or None when unknown. InfoNCE masks
+            negatives of a shared category with it.
     """
 
     uids: list[str]
@@ -31,6 +34,7 @@ class AVSBatch:
     masks: torch.Tensor
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
+    frame_labels: torch.Tensor | None = None
 
     @property
     def num_clips(self) -> int:

@@ -29,6 +29,7 @@ from manifests.schema import manifest_path, read_manifest
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
 from train.batch import AVSBatch
+from train.labels import frame_label_table
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -51,6 +52,7 @@ class ClipItem:
         masks: ``[T, Hm, Wm]`` float {0, 1}.
         mask_valid: ``[T]`` bool.
         class_masks: ``[T, Hm, Wm]`` long, or None when the data module does not serve them.
+        frame_labels: ``[T, C]`` bool sounding categories per frame (``train/labels.py``), or None.
     """
 
     uid: str
@@ -62,6 +64,7 @@ class ClipItem:
     masks: torch.Tensor
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
+    frame_labels: torch.Tensor | None = None
 
 
 def collate_clips(items: list[ClipItem]) -> AVSBatch:
@@ -89,6 +92,7 @@ def collate_clips(items: list[ClipItem]) -> AVSBatch:
         masks=torch.cat([it.masks for it in items]),
         mask_valid=torch.cat([it.mask_valid for it in items]),
         class_masks=torch.cat([it.class_masks for it in items]) if has_class else None,
+        frame_labels=None if any(it.frame_labels is None for it in items) else torch.cat([it.frame_labels for it in items]),
     )
 
 
@@ -108,8 +112,10 @@ class CacheSpec:
 class ClipDataset(Dataset):
     """Clips of one split; stores are opened lazily in each worker process (mmaps don't pickle well)."""
 
-    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool, unmap_every: int) -> None:
+    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool, unmap_every: int,
+                 labels: dict[str, torch.Tensor] | None = None) -> None:
         self.uids = list(uids)
+        self.labels = labels
         self.unmap_every = unmap_every
         self._since_unmap = 0
         self.spec = spec
@@ -151,6 +157,7 @@ class ClipDataset(Dataset):
             masks=visual.clip(uid, "mask").float(),
             mask_valid=visual.clip(uid, "mask_valid").reshape(t).bool(),
             class_masks=visual.clip(uid, "class_mask").long() if self.class_masks else None,
+            frame_labels=None if self.labels is None else self.labels.get(uid),
         )
         self._since_unmap += 1
         if self._since_unmap >= self.unmap_every:  # resident memory must not grow with the cache size
@@ -266,6 +273,7 @@ class AVSDataModule(pl.LightningDataModule):
         self._spec: CacheSpec | None = None
         self._stores: dict[str, FeatureStore] = {}
         self._datasets: dict[str, ClipDataset] = {}
+        self.categories, self._labels = [], None  # sounding categories; per clip [T, C] (train/labels.py)
 
     # ----- caches and manifest -------------------------------------------------------------
     def cache_dir(self, kind: str) -> Path:
@@ -352,7 +360,9 @@ class AVSDataModule(pl.LightningDataModule):
                 raise FeatureCacheError(f"{self.manifest_path}: no clips in split '{self.splits[stage]}'"
                                         f"{' for subsets ' + str(self.subsets) if self.subsets else ''}")
             self._check_coverage(clips, self.splits[stage])
-            self._datasets[stage] = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len,
+            if self._labels is None:
+                self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
+            self._datasets[stage] = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
                                                 class_masks=self.class_masks, unmap_every=self.unmap_every)
         return self._datasets[stage]
 

@@ -1,10 +1,13 @@
 """The LightningModule: training logic only (the network is injected, the data come from ``train/data.py``).
 
 One shared step serves train/val/test: forward on cached features, the weighted losses of
-``model/losses.py`` (mask BCE + dice on frames that have ground truth, InfoNCE between each
-clip's pooled audio and pooled SeDAM output, class loss for AVSS), and one AVS metric object per
-stage from ``train/metrics.py`` (the evaluation code's own metric). ``val/miou`` selects the best
-checkpoint.
+``model/losses.py`` (mask BCE + dice on frames that have ground truth, InfoNCE between each frame's
+pre-fusion cue embeddings and the audio of its own second, the no-object loss on silent frames,
+class loss for AVSS), and one AVS metric object per stage from ``train/metrics.py`` (the evaluation
+code's own metric). ``val/miou`` selects the best checkpoint. What the network does with its cues
+(gates, PMQS's attention share per token kind, ``model/diagnostics.py``) is logged per epoch as
+``<stage>/gate_mean``, ``<stage>/pmqs_share_cue`` etc.; the parameter counts are printed when fitting
+starts.
 
 A non-finite loss stops training with :class:`NonFiniteLossError` naming the batch's clip uids;
 nothing is saved for that batch, so ``last.ckpt`` stays the last good state. Under DDP every rank
@@ -21,6 +24,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from model import losses
+from model.diagnostics import cue_diagnostics
 from train.batch import AVSBatch
 from train.metrics_accumulate import AVSMetric, rank_and_world
 
@@ -39,14 +43,19 @@ class TeSOModule(pl.LightningModule):
     Args:
         net: the network (``model.teso.TeSO``; ``class_path`` in YAML). Its forward takes
             ``visual, audio, cue_emb, cue_mask, output_size`` and returns ``mask_logits [N, H, W]``,
-            ``class_logits``, ``semantic_scores`` and ``sedam`` (``audio_pooled``/``text_pooled``).
+            ``class_logits``, ``semantic_scores``, ``pmqs_attn`` and ``sedam`` (``align_*`` embeddings).
         optimizer: optimizer factory (``class_path: torch.optim.AdamW`` + ``init_args`` in YAML).
         scheduler: optional LR scheduler factory, stepped per epoch.
         bce_weight, dice_weight: mask losses on frames with ground truth.
         aux_weight: deep supervision: the same BCE + dice (with their weights) on the binary map of
             every earlier decoder stage (``aux_mask_logits``), summed over stages (Mask2Former practice).
-        infonce_weight: clip-level InfoNCE (0 disables it: the ``no_infonce`` and ``official`` variants).
+        infonce_weight: frame-level cue/audio InfoNCE over all frames of the batch, negatives of a
+            shared sounding category masked (``batch.frame_labels``; 0 disables it: ``no_infonce``,
+            ``official``, and ``audio_only``, whose learned queries are the same for every frame).
         infonce_temperature: initial temperature of the learnable InfoNCE temperature.
+        null_weight: the no-object loss: on frames whose ground truth is empty (silent), every query
+            is pushed to "no object" (``losses.null_class_loss``), which the head turns into
+            probability < 0.5 everywhere (``model/heads.py``).
         class_weight: weight of the Hungarian class + mask set loss over the decoder's queries
             (``model.losses.SetCriterion``; AVSS: used when the network is built with
             ``semantic=True`` and the batch carries class masks).
@@ -77,6 +86,7 @@ class TeSOModule(pl.LightningModule):
         infonce_weight: float = 0.1,
         infonce_temperature: float = 0.07,
         class_weight: float = 1.0,
+        null_weight: float = 1.0,
         metric_protocol: str = "avsbench",
         trainable: list[str] | None = None,
         train_frames: int | None = None,
@@ -90,7 +100,7 @@ class TeSOModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weights = {"bce": bce_weight, "dice": dice_weight, "aux": aux_weight, "infonce": infonce_weight,
-                        "class": class_weight}
+                        "class": class_weight, "null": null_weight}
         # only when used: DDP requires every trainable parameter to receive a gradient in each step
         self.infonce = losses.InfoNCE(init_temperature=infonce_temperature) if infonce_weight > 0 else None
         # AVSS: Hungarian-matched class + mask loss over the decoder's queries (needs the class count)
@@ -115,6 +125,14 @@ class TeSOModule(pl.LightningModule):
         if stage == "fit" and self.hparams.pretrained_decoder and not getattr(self, "_decoder_loaded", False):
             self.net.load_pretrained_decoder(self.hparams.pretrained_decoder, freeze=True)
             self._decoder_loaded = True
+
+    def on_fit_start(self) -> None:
+        counts = getattr(self.net, "parameter_counts", None)
+        if counts is not None:
+            c = counts()
+            self.print(f"model: {c['total']:,} parameters (text projection {c['text_proj']:,}, "
+                       f"learned queries {c['learned_queries']:,}, SeDAM {c['sedam']:,}, PMQS {c['pmqs']:,}, "
+                       f"decoder {c['decoder']:,})")
 
     def metric(self, stage: str) -> AVSMetric:
         return getattr(self, f"{stage}_metric")
@@ -153,8 +171,15 @@ class TeSOModule(pl.LightningModule):
                                + self.weights["dice"] * losses.dice_loss(a, masks, valid=valid)
                                for a in out.aux_mask_logits)
         sedam = out.sedam
-        if self.infonce is not None and sedam.text_pooled is not None:  # one clip: no negatives, loss 0
-            terms["infonce"] = self.infonce(sedam.audio_pooled, sedam.text_pooled)
+        if self.infonce is not None and sedam.align_cues is not None:
+            # all frames (SeDAM saw every one); positives = sounding frames (labels, else a non-empty mask)
+            labels = batch.frame_labels
+            anchor = (labels.any(1) if labels is not None
+                      else batch.mask_valid & batch.masks.flatten(1).any(1))
+            terms["infonce"] = self.infonce(sedam.align_cues, sedam.align_cue_mask, sedam.align_audio,
+                                            anchor=anchor, labels=labels)
+        if self.weights["null"] > 0:
+            terms["null"] = losses.null_class_loss(out.class_logits, valid & ~masks.flatten(1).any(1))
         if self.set_criterion is not None and class_masks is not None:
             parts = self.set_criterion(query_masks=out.query_masks, class_logits=out.class_logits,
                                        class_masks=class_masks, valid=valid, aux_query_masks=out.aux_query_masks,
@@ -196,6 +221,11 @@ class TeSOModule(pl.LightningModule):
             self.log(f"{stage}/loss_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         if stage == "train" and self.infonce is not None:
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
+        if stage != "test" and getattr(out, "pmqs_attn", None) is not None:
+            masks, valid = (batch.masks, batch.mask_valid) if frames is None else (batch.masks[frames], batch.mask_valid[frames])
+            silent = valid & ~masks.flatten(1).any(1)
+            for k, v in cue_diagnostics(out.sedam, out.pmqs_attn, silent).items():
+                self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         metric = self.metric(stage)
         if frames is None:
             metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)

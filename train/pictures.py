@@ -38,7 +38,7 @@ def overlay(frame: Image.Image, mask: np.ndarray | None, colour: tuple[int, int,
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
-def overlay_strip(frames: Sequence[np.ndarray | Image.Image], gt: np.ndarray, pred: np.ndarray,
+def overlay_strip(frames: Sequence[np.ndarray | Image.Image], gt: np.ndarray | None, pred: np.ndarray,
                   pred_mute: np.ndarray | None, captions: Sequence[str], out_path: str | Path, *,
                   title: str = "", tile: int = 128) -> Path:
     """One PNG per clip: rows = frames / ground truth / prediction (normal audio) / prediction
@@ -46,11 +46,13 @@ def overlay_strip(frames: Sequence[np.ndarray | Image.Image], gt: np.ndarray, pr
 
     Args:
         frames: T RGB images (any size; resized to ``tile`` x ``tile``).
-        gt, pred, pred_mute: ``[T, H, W]`` binary masks (``pred_mute`` may be None: row omitted).
+        gt, pred, pred_mute: ``[T, H, W]`` binary masks (``gt``/``pred_mute`` may be None: row omitted,
+            e.g. a user's clip has no ground truth).
         captions: per-frame caption strings (e.g. ``"f0: man, guitar"``), drawn under the grid.
     """
     t = len(frames)
-    rows = [("frames", None, None), ("ground truth", gt, GT_COLOUR), ("pred (audio)", pred, PRED_COLOUR)]
+    rows = [("frames", None, None)] + ([("ground truth", gt, GT_COLOUR)] if gt is not None else [])
+    rows.append(("pred (audio)", pred, PRED_COLOUR))
     if pred_mute is not None:
         rows.append(("pred (muted)", pred_mute, MUTE_COLOUR))
     font = ImageFont.load_default()
