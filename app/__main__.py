@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from app.uploads import Limits
+from pipeline.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -27,7 +27,8 @@ def bench_visual(manifest, n_frames: int, batch: int) -> float:
     import torch
 
     from pipeline.encoders.visual import EfficientNetLite0
-    from pipeline.features import VisualStage, load_image
+    from pipeline.feature_stages import VisualStage
+    from pipeline.media import load_image
 
     enc = EfficientNetLite0()
     stage = VisualStage(enc, manifest, batch_size=batch)

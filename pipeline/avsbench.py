@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from manifests.schema import FrameRow, ManifestError, manifest_path, safe_relpath, write_manifest
+from pipeline.errors import run_cli
 
 DATASET = "avsbench"
 SUBSET = {"v1s": "s4", "v1m": "ms3", "v2": "avss"}
@@ -171,4 +172,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -29,6 +29,7 @@ import pandas as pd
 
 from cues.hub import load_pretrained, resolve_model
 from manifests.schema import Manifest, manifest_path, read_manifest
+from pipeline.errors import run_cli
 from pipeline.fingerprint import canonical_json
 from pipeline.runner import FAILURE, Stage, ShardOutput, StageError, latest, print_summary, read_stage, run_stage
 
@@ -230,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -17,7 +17,7 @@ tag        what                                                            sourc
 
 Custom sets: ``--sets mine=transformers:path/to/template.yaml``. When the manifest has
 labels, the cue-quality table (:mod:`cues.evaluate`) is printed at the end and written as
-``cue_quality.json`` beside each set's output.
+``<fingerprint>.cue_quality.json`` beside each set's output directory.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from cues.sources import SOURCES, LLMCues, OracleCues, VocabMatchCues
 from cues.templates import load_template
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.captions import read_captions
+from pipeline.errors import run_cli
 from pipeline.runner import FAILURE, Stage, ShardOutput, StageResult, latest, print_summary, read_stage, run_stage
 
 PRESETS = {"cot": ("llm", "cot-v1"), "direct": ("llm", "direct-v1"), "vocab": ("vocab-match", None),
@@ -297,4 +298,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

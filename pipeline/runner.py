@@ -5,18 +5,20 @@ optionally fixed-shape arrays. The runner owns everything else:
 
 * output in ``cache/<dataset>/<stage>/<fingerprint>/`` (see :mod:`pipeline.fingerprint`);
 * items split into contiguous shards of ``shard_size``; each shard's arrays
-  (``shard-00003.<key>.npy``) and then its Parquet rows (``shard-00003.parquet``) are written
-  to a temp file and renamed, so the Parquet file is the shard's commit marker. A re-run
-  skips committed shards: a stage killed with SIGKILL and started again ends with exactly
-  the rows of an uninterrupted run;
+  (``shard-00003.<key>.npy``), its Parquet rows (``shard-00003.parquet``) and last its commit
+  record (sizes and hashes, :mod:`pipeline.shards`) are written to temp files and renamed. A
+  re-run hashes the committed shards (a damaged one is moved aside and recomputed), skips the
+  sound ones and computes their failed rows again: a stage killed with SIGKILL and started
+  again ends with exactly the bytes of an uninterrupted run;
 * ``num_shards``/``shard_index`` (and, under ``accelerate launch`` or ``torchrun``, the
   process rank) pick which shards this process writes; one shared output, no double work;
-* models load lazily: :meth:`Stage.setup` runs only if some shard still needs work, so a
-  second run over a finished stage loads nothing;
+* models load lazily: :meth:`Stage.setup` runs only if some shard or failed row still needs
+  work, so a second run over a finished stage without failures loads nothing;
 * one bad row never stops a stage: a batch that raises is retried row by row and a row
   that still raises is kept with its error in the ``failure`` column;
 * ``card.json`` (config, inputs, counts, failures) and ``.completed`` once all shards exist,
-  plus ``cache/<dataset>/<stage>/latest[-tag].json`` pointing downstream stages at it.
+  plus ``cache/<dataset>/<stage>/latest[-tag].json`` pointing downstream stages at it
+  (relative to the cache root, so a copied cache root points at its own copy).
 """
 from __future__ import annotations
 
@@ -35,15 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipeline.errors import StageError
 from pipeline.fingerprint import canonical_json, fingerprint, stage_dir
+from pipeline.shards import (DAMAGED, STAGE_COMMAND, CorruptShardError, ShardChecker, committed, move_aside, shard_name,
+                             shard_problem, write_json, write_shard)
 
 FAILURE = "failure"
 COMPLETED = ".completed"
 CARD = "card.json"
-
-
-class StageError(RuntimeError):
-    """A stage cannot run or its output cannot be read; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class StageResult:
     elapsed_s: float
     complete: bool
     skipped: bool  # True when everything was already done (no model loaded)
+    n_retried: int = 0  # failed rows of earlier runs computed again
+    n_still_failed: int = 0  # of those, rows that failed again
+    damaged: dict[int, str] = field(default_factory=dict)  # shard -> problem; moved aside and recomputed
 
     @property
     def n_failed(self) -> int:
@@ -139,29 +143,6 @@ def assigned_shards(n_shards: int, num_shards: int = 1, shard_index: int = 0) ->
     rank, world = process_rank()
     parts, part = num_shards * world, shard_index * world + rank
     return [k for k in range(n_shards) if k % parts == part]
-
-
-def shard_name(k: int, key: str | None = None) -> str:
-    return f"shard-{k:05d}.parquet" if key is None else f"shard-{k:05d}.{key}.npy"
-
-
-def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_npy(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _concat(outputs: list[ShardOutput], specs: dict[str, ArraySpec]) -> ShardOutput:
@@ -192,6 +173,49 @@ def _run_batch(stage: Stage, items: pd.DataFrame) -> ShardOutput:
         return _concat([_run_batch(stage, items.iloc[[i]]) for i in range(len(items))], specs)
 
 
+def _pointer(cache_root: str | Path, dataset: str, stage: str, tag: str | None) -> Path:
+    return Path(cache_root) / dataset / stage / (f"latest-{tag}.json" if tag else "latest.json")
+
+
+def _check_committed(out: Path, shards: list[int]) -> dict[int, str]:
+    """The rerun check: hash every committed shard's files; move damaged shards aside."""
+    damaged = {}
+    for k in shards:
+        problem = shard_problem(out, k, verify=True)
+        if problem:
+            damaged[k] = problem
+            move_aside(out, k)
+    return damaged
+
+
+def _failed_positions(out: Path, shards: list[int]) -> dict[int, np.ndarray]:
+    """Shard -> positions of its failed rows (read from the ``failure`` column only)."""
+    found = {}
+    for k in shards:
+        failed = pq.read_table(out / shard_name(k), columns=[FAILURE]).column(FAILURE).to_pylist()
+        pos = np.flatnonzero([bool(f) for f in failed])
+        if len(pos):
+            found[k] = pos
+    return found
+
+
+def _merge_retried(out: Path, k: int, pos: np.ndarray, new: ShardOutput) -> ShardOutput:
+    """Shard ``k`` with rows ``pos`` replaced by ``new`` (other rows and their arrays unchanged)."""
+    old = pq.read_table(out / shard_name(k)).to_pandas()
+    rows = old.copy()
+    for col in new.rows.columns:
+        values = rows[col].to_numpy(copy=True).astype(object) if col in rows else np.full(len(rows), None, object)
+        values[pos] = list(new.rows[col])
+        series = pd.Series(values, index=rows.index)
+        rows[col] = series.astype(old[col].dtype) if col in old.columns else series.infer_objects()
+    arrays = {}
+    for key, arr in new.arrays.items():
+        full = np.load(out / shard_name(k, key))
+        full[pos] = arr
+        arrays[key] = full
+    return ShardOutput(rows, arrays)
+
+
 def run_stage(
     stage: Stage,
     items: pd.DataFrame,
@@ -204,8 +228,14 @@ def run_stage(
     shard_index: int = 0,
     tag: str | None = None,
     progress: bool = True,
+    retry_failed: bool = True,
 ) -> StageResult:
-    """Run ``stage`` over ``items`` (rows in a fixed order) into its fingerprinted directory."""
+    """Run ``stage`` over ``items`` (rows in a fixed order) into its fingerprinted directory.
+
+    A rerun first checks this process's committed shards (sizes and hashes; a damaged shard is
+    moved aside and recomputed), then computes the shards not yet committed and, unless
+    ``retry_failed`` is False, the failed rows of committed shards again (only those rows).
+    """
     t0 = time.perf_counter()
     if items.empty:
         raise StageError(f"{dataset}/{stage.name}: no items to process (empty manifest or selection)")
@@ -217,11 +247,15 @@ def run_stage(
     n_shards = max(1, -(-len(items) // shard_size))
     specs = stage.array_specs()
     mine = assigned_shards(n_shards, num_shards, shard_index)
-    todo = [k for k in mine if not (out / shard_name(k)).exists()]
-    skipped = not todo
-    if todo:
+    damaged = _check_committed(out, [k for k in mine if committed(out, k)])
+    todo = [k for k in mine if not committed(out, k)]
+    retry = _failed_positions(out, [k for k in mine if k not in todo]) if retry_failed else {}
+    skipped = not todo and not retry
+    n_retried = n_still_failed = 0
+    if not skipped:
         stage.setup()
         chunks = {k: items.iloc[k * shard_size:(k + 1) * shard_size] for k in todo}
+        chunks.update({k: items.iloc[k * shard_size + pos] for k, pos in retry.items()})
         stage.prepare(pd.concat(chunks.values()))
         bar = tqdm(total=sum(map(len, chunks.values())), desc=f"{dataset}/{stage.name}", unit="row",
                    disable=not progress, file=sys.stderr)
@@ -232,27 +266,39 @@ def run_stage(
                 outputs.append(_run_batch(stage, batch))
                 bar.update(len(batch))
             shard = _concat(outputs, specs)
-            for key, arr in shard.arrays.items():
-                _atomic_write_npy(arr, out / shard_name(k, key))
-            _atomic_write_parquet(shard.rows, out / shard_name(k))  # commit marker: written last
+            if k in retry:
+                n_retried += len(shard.rows)
+                n_still_failed += int((shard.rows[FAILURE] != "").sum())
+                shard = _merge_retried(out, k, retry[k], shard)
+            write_shard(out, k, shard.rows, shard.arrays)
         bar.close()
-    complete = all((out / shard_name(k)).exists() for k in range(n_shards))
-    rows = read_shards(out, n_shards) if complete else pd.DataFrame()
+    complete = all(committed(out, k) for k in range(n_shards))
+    rows = read_shards(out, n_shards, stage=stage.name) if complete else pd.DataFrame()
     failures = _failures(rows, stage.key_columns) if complete else []
     if complete:
-        card = {
-            "stage": stage.name, "dataset": dataset, "fingerprint": fp, "config": config, "inputs": inputs,
-            "n_items": len(items), "n_shards": n_shards, "n_failed": len(failures),
-            "arrays": {k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in specs.items()},
-            "failures": failures[:1000], **stage.summary(rows),
-        }
-        if not (out / COMPLETED).exists():
-            _atomic_write_json(card, out / CARD)
+        if not skipped or not (out / COMPLETED).exists() or not _card_readable(out):
+            card = {
+                "stage": stage.name, "dataset": dataset, "fingerprint": fp, "config": config, "inputs": inputs,
+                "n_items": len(items), "n_shards": n_shards, "n_failed": len(failures),
+                "arrays": {k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in specs.items()},
+                "failures": failures[:1000], **stage.summary(rows),
+            }
+            write_json(card, out / CARD)
             (out / COMPLETED).touch()
         for tmp in out.glob("*.tmp-*"):
             tmp.unlink(missing_ok=True)
-        _atomic_write_json({"fingerprint": fp, "dir": str(out)}, out.parent / (f"latest-{tag}.json" if tag else "latest.json"))
-    return StageResult(out, fp, len(rows), failures, time.perf_counter() - t0, complete, skipped)
+        # relative to the cache root, so a copied or moved cache root points at its own copy
+        write_json({"fingerprint": fp, "dir": str(out.relative_to(Path(cache_root))), "relative_to": "cache_root"},
+                   _pointer(cache_root, dataset, stage.name, tag))
+    return StageResult(out, fp, len(rows), failures, time.perf_counter() - t0, complete, skipped,
+                       n_retried, n_still_failed, damaged)
+
+
+def _card_readable(out: Path) -> bool:
+    try:
+        return isinstance(json.loads((out / CARD).read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _failures(rows: pd.DataFrame, key_columns: Iterable[str]) -> list[dict[str, Any]]:
@@ -260,44 +306,66 @@ def _failures(rows: pd.DataFrame, key_columns: Iterable[str]) -> list[dict[str, 
     return [{**{k: r[k] for k in key_columns}, FAILURE: r[FAILURE]} for _, r in bad.iterrows()]
 
 
-def read_shards(out_dir: Path, n_shards: int | None = None) -> pd.DataFrame:
-    """Concatenate a stage's Parquet shards in shard order, with ``shard``/``row`` columns."""
+def read_shards(out_dir: Path, n_shards: int | None = None, *, stage: str | None = None,
+                verify: bool | None = None) -> pd.DataFrame:
+    """Concatenate a stage's Parquet shards in shard order, with ``shard``/``row`` columns.
+
+    Each file is checked against its shard's commit record (size; hash with ``verify`` or
+    ``TESO_VERIFY=1``): a missing, truncated or changed shard raises
+    :class:`pipeline.shards.CorruptShardError` naming it.
+    """
     out_dir = Path(out_dir)
-    paths = sorted(out_dir.glob("shard-*.parquet")) if n_shards is None else [out_dir / shard_name(k) for k in range(n_shards)]
+    ks = sorted(int(p.name[6:11]) for p in out_dir.glob("shard-*.parquet")) if n_shards is None else range(n_shards)
+    checker = ShardChecker(out_dir, stage=stage, verify=verify)
     frames = []
-    for k, p in enumerate(paths):
-        df = pq.read_table(p).to_pandas()
-        df["shard"], df["row"] = int(p.name[6:11]), np.arange(len(df))
+    for k in ks:
+        path = checker.check(k, shard_name(k))
+        try:
+            df = pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as exc:  # damaged although its size matches (no hash asked)
+            raise CorruptShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc}); re-run the stage "
+                                    "that wrote it: it moves the damaged shard aside and recomputes it") from None
+        df["shard"], df["row"] = k, np.arange(len(df))
         frames.append(df)
     if not frames:
         raise StageError(f"{out_dir}: no shards")
     return pd.concat(frames, ignore_index=True)
 
 
-def read_stage(out_dir: str | Path) -> pd.DataFrame:
+def read_stage(out_dir: str | Path, *, verify: bool | None = None) -> pd.DataFrame:
     """Rows of a finished stage directory; an unfinished one is an error naming what is missing."""
     out_dir = Path(out_dir)
     if not (out_dir / COMPLETED).exists():
         card = out_dir / CARD
         raise StageError(f"{out_dir}: stage output is incomplete (no {COMPLETED}"
                          f"{'' if card.exists() else ', no ' + CARD}); run the stage again to finish it")
-    return read_shards(out_dir, read_card(out_dir)["n_shards"])
+    card = read_card(out_dir)
+    return read_shards(out_dir, card["n_shards"], stage=card.get("stage"), verify=verify)
 
 
 def read_card(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / CARD
     if not path.exists():
         raise StageError(f"{path}: missing stage card; the stage has not finished")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise StageError(f"{path}: unreadable stage card; delete it and re-run the stage to rewrite it") from None
 
 
 def latest(cache_root: str | Path, dataset: str, stage: str, tag: str | None = None) -> Path:
     """Directory of the last completed run of ``stage`` (from its ``latest[-tag].json``)."""
-    ptr = Path(cache_root) / dataset / stage / (f"latest-{tag}.json" if tag else "latest.json")
+    ptr = _pointer(cache_root, dataset, stage, tag)
     if not ptr.exists():
         raise StageError(f"{ptr}: no finished '{stage}' stage for dataset '{dataset}'"
-                         f"{' (' + tag + ')' if tag else ''}; run `make {stage}` first")
-    return Path(json.loads(ptr.read_text())["dir"])
+                         f"{' (' + tag + ')' if tag else ''}; run `make {STAGE_COMMAND.get(stage, stage)}` first")
+    try:
+        info = json.loads(ptr.read_text())
+        where = Path(info["dir"])
+    except (ValueError, KeyError, TypeError):
+        raise StageError(f"{ptr}: unreadable stage pointer; run `make {STAGE_COMMAND.get(stage, stage)}` again "
+                         "to rewrite it") from None
+    return Path(cache_root) / where if info.get("relative_to") == "cache_root" else where  # else: older absolute form
 
 
 def print_summary(result: StageResult, stage_name: str, *, file=None, limit: int = 20) -> None:
@@ -309,6 +377,11 @@ def print_summary(result: StageResult, stage_name: str, *, file=None, limit: int
         print(f"[{stage_name}] this process's shards are done ({state}); other shards pending in {result.out_dir}", file=file)
         return
     print(f"[{stage_name}] {result.n_rows} rows, {result.n_failed} failed ({state}) -> {result.out_dir}", file=file)
+    for k, problem in sorted(result.damaged.items()):
+        print(f"  shard {k} was damaged ({problem}): moved to {result.out_dir / DAMAGED} and recomputed", file=file)
+    if result.n_retried:
+        print(f"  retried {result.n_retried} rows that had failed: {result.n_retried - result.n_still_failed} "
+              f"now ok, {result.n_still_failed} still fail", file=file)
     for f in result.failures[:limit]:
         print(f"  FAILED {canonical_json({k: v for k, v in f.items() if k != FAILURE})}: {f[FAILURE]}", file=file)
     if result.n_failed > limit:

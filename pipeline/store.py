@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.fingerprint import canonical_json
 from pipeline.runner import (CARD, COMPLETED, FAILURE, ArraySpec, ShardOutput, Stage, StageError, StageResult,
                              read_card, read_stage, run_stage, shard_name)
+from pipeline.shards import ShardChecker
 
 INDEX = "index.parquet"
 CUE_TABLE = "cue_table.npy"
@@ -97,7 +98,8 @@ class FeatureStore:
         keys: names of the per-row arrays.
     """
 
-    def __init__(self, cache_dir: str | Path, expect: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, expect: Mapping[str, Any] | None = None, *,
+                 verify: bool | None = None) -> None:
         self.dir = Path(cache_dir)
         if not (self.dir / COMPLETED).exists() or not (self.dir / CARD).exists():
             raise FeatureStoreError(f"{self.dir}: feature cache is incomplete (no {COMPLETED} or {CARD}); "
@@ -108,6 +110,7 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.dir}: card does not match the requested features: " + "; ".join(bad))
         self.specs = {k: ArraySpec(tuple(v["shape"]), v["dtype"]) for k, v in self.card.get("arrays", {}).items()}
         self.keys = tuple(self.specs)
+        self._checker = ShardChecker(self.dir, stage=self.card.get("stage"), verify=verify)
         self.index = read_index(self.dir)
         # (uid, frame) -> (shard, row, failure); a dict keeps per-row lookups O(1) in an epoch loop
         self._pos = {(u, int(f)): (int(s), int(r), e) for u, f, s, r, e in zip(
@@ -145,9 +148,7 @@ class FeatureStore:
         if arr is None:
             if key not in self.specs:
                 raise FeatureStoreError(f"{self.dir}: no array {key!r}; this cache has {list(self.keys)}")
-            path = self.dir / shard_name(shard, key)
-            if not path.exists():
-                raise FeatureStoreError(f"{path}: shard file missing; the cache is damaged, recompute it")
+            path = self._checker.check(shard, shard_name(shard, key))  # size (hash on verify) vs its commit
             arr = self._maps[(shard, key)] = np.load(path, mmap_mode="r")
         return arr
 
@@ -192,17 +193,28 @@ class FeatureStore:
         """``[V, Dt]`` cue embeddings of a text cache (row v embeds ``cue_vocab[v]``)."""
         import torch
 
-        path = self.dir / CUE_TABLE
-        if not path.exists():
-            raise FeatureStoreError(f"{path}: not a text-cue cache (no {CUE_TABLE})")
-        return torch.from_numpy(np.load(path))
+        return torch.from_numpy(read_cue_files(self.dir)[0])
 
     @property
     def cue_vocab(self) -> list[str]:
-        path = self.dir / CUE_VOCAB
-        if not path.exists():
-            raise FeatureStoreError(f"{path}: not a text-cue cache (no {CUE_VOCAB})")
-        return json.loads(path.read_text())
+        return read_cue_files(self.dir)[1]
+
+
+def read_cue_files(cache_dir: str | Path) -> tuple[np.ndarray, list[str]]:
+    """A text cache's ``[V, Dt]`` cue table and its V strings; missing or damaged files are named."""
+    cache_dir = Path(cache_dir)
+    for name in (CUE_TABLE, CUE_VOCAB):
+        if not (cache_dir / name).exists():
+            raise FeatureStoreError(f"{cache_dir / name}: not a text-cue cache (no {name})")
+    try:
+        table, vocab = np.load(cache_dir / CUE_TABLE), json.loads((cache_dir / CUE_VOCAB).read_text())
+    except (ValueError, OSError, EOFError) as exc:
+        raise FeatureStoreError(f"{cache_dir}: damaged cue table or vocabulary ({type(exc).__name__}); re-run "
+                                "`make features`: it writes them again") from None
+    if table.ndim != 2 or len(table) != len(vocab):
+        raise FeatureStoreError(f"{cache_dir}: cue table {table.shape} does not fit {len(vocab)} cue strings; re-run "
+                                "`make features`: it writes them again")
+    return table, vocab
 
 
 def read_index(cache_dir: str | Path) -> pd.DataFrame:
@@ -210,7 +222,10 @@ def read_index(cache_dir: str | Path) -> pd.DataFrame:
     cache_dir = Path(cache_dir)
     path = cache_dir / INDEX
     if path.exists():
-        return pq.read_table(path).to_pandas()
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError):
+            pass  # a damaged index is derived data: read the (checked) shards instead
     rows = read_stage(cache_dir)
     for col in ("dataset", "split"):
         if col not in rows.columns:

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from manifests.schema import FrameRow, manifest_path, write_manifest
 from pipeline import media_draw, media_sounds
+from pipeline.errors import ConfigError, run_cli
 from pipeline.fingerprint import file_hash, fingerprint
 
 DATASET = "synthavs"
@@ -528,6 +529,8 @@ def generate(*, out_root: str | Path = "cache", clips: int = SynthConfig.clips, 
     (marker ``.completed``); a new one is written to a temp directory and renamed at the end.
     ``workers`` only changes speed, never bytes (each clip has its own seeded generator).
     """
+    if clips < 1:
+        raise ConfigError(f"--clips {clips}: generate at least 1 clip (the demo uses 1200)")
     cfg = SynthConfig(clips=clips, seed=seed, **overrides)
     fp = cfg.fingerprint()
     root = Path(out_root) / DATASET / "media" / fp
@@ -603,4 +606,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -14,7 +14,7 @@ import pytest
 from cues.hub import ModelNotAvailable
 from manifests.schema import read_manifest
 from pipeline.captions import CaptionStage, captioner_classes, captions_for_frames, run_captions, select_frames
-from pipeline.runner import print_summary, read_card, read_stage
+from pipeline.runner import latest, print_summary, read_card, read_stage
 from tests.dummies_cues import SCENES, tiny_blip, tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +75,10 @@ def test_tiny_blip_real_path_with_bad_images(tmp_path):
     good = rows[rows["failure"] == ""]
     assert good["caption"].map(lambda c: isinstance(c, str) and len(c) > 0).all()
     label = rows["captioner"].iloc[0]
-    assert str(model_dir) in label and '"num_beams":2' in label and '"max_new_tokens":6' in label
+    assert f"{model_dir.name} (sha256 " in label and '"num_beams":2' in label and '"max_new_tokens":6' in label
     card = read_card(res.out_dir)
-    assert card["config"]["num_beams"] == 2 and card["config"]["model"] == str(model_dir)
+    assert card["config"]["num_beams"] == 2 and card["config"]["model"].startswith(f"{model_dir.name} (sha256 ")
+    assert str(tmp_path) not in json.dumps(card["config"])  # a local model by content, never by its path
     buf = io.StringIO()
     print_summary(res, "captions", file=buf)
     err = buf.getvalue()
@@ -143,4 +144,4 @@ def test_two_processes_split_one_output(tmp_path):
     assert p1.returncode == 0, p1.stderr
     rows = read_stage(out)
     assert len(rows) == 12 and not rows.duplicated(["uid", "frame_idx"]).any()
-    assert json.loads((tmp_path / "c" / "tiny" / "captions" / "latest.json").read_text())["dir"] == str(out)
+    assert latest(tmp_path / "c", "tiny", "captions") == out

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from pipeline.runner import read_card
+from cues.evaluate import report_path
+from pipeline.runner import latest, read_card
 
 
 @pytest.mark.slow
@@ -22,8 +23,8 @@ def test_demo_cue_sets_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for tag in ("cot", "direct", "vocab", "oracle"):
         assert f"\n{tag} " in out
-        d = json.loads((tmp_path / "cache" / "synthavs" / "cues" / f"latest-{tag}.json").read_text())["dir"]
-        card, rep = read_card(d), json.loads((tmp_path / "cache" / "synthavs" / "cues" / d.split("/")[-1] / "cue_quality.json").read_text())
+        d = latest(tmp_path / "cache", "synthavs", "cues", tag)
+        card, rep = read_card(d), json.loads(report_path(d).read_text())
         assert card["ok_or_repaired_rate"] + card["parse_status"]["empty"] / card["n_items"] >= 0.95
         if tag in ("cot", "direct"):
             assert card["ok_or_repaired_rate"] >= 0.95

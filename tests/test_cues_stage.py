@@ -17,7 +17,8 @@ from cues.templates import load_template
 from manifests.schema import read_manifest
 from pipeline.captions import run_captions
 from pipeline.cues import CueStage, cue_items, dataset_vocabulary, read_cues, run_cues
-from pipeline.runner import read_card, read_stage, run_stage
+from cues.evaluate import report_path
+from pipeline.runner import latest, read_card, read_stage, run_stage
 from tests.dummies_cues import CATEGORIES, SCENES, FakeLLM, tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def world(tmp_path):
     cache = tmp_path / "cache"
     run_captions(dataset="tiny", manifest=man, cache_root=cache, captioner="reference", progress=False)
     m = read_manifest(man)
-    caps = read_stage(json.loads((cache / "tiny" / "captions" / "latest.json").read_text())["dir"])
+    caps = read_stage(latest(cache, "tiny", "captions"))
     return {"manifest": man, "m": m, "cache": cache, "items": cue_items(m, caps), "tmp": tmp_path}
 
 
@@ -124,13 +125,13 @@ def test_run_cues_prints_table_and_writes_reports(world, capsys):
           "--sets", "vocab,oracle", "--no-progress"])
     out = capsys.readouterr().out
     assert "cue quality" in out and "vocab" in out and "oracle" in out
-    rep = json.loads((Path(read_card_dir(world, "oracle")) / "cue_quality.json").read_text())
+    rep = json.loads(report_path(read_card_dir(world, "oracle")).read_text())
     assert rep["f1"] == 1.0 and rep["silent_cued"] == 0.0
     assert len(read_cues(world["cache"], "tiny", "vocab")) == 24
 
 
 def read_card_dir(world, tag):
-    return json.loads((world["cache"] / "tiny" / "cues" / f"latest-{tag}.json").read_text())["dir"]
+    return latest(world["cache"], "tiny", "cues", tag)
 
 
 def test_failed_caption_rows_are_kept(world):

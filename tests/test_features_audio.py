@@ -118,19 +118,21 @@ def test_bad_audio_fails_rows_by_name_and_the_rest_goes_on(tmp_path, yamnet):
     res = run_audio(m, yamnet, cache_root=tmp_path / "cache", dataset="toy", progress=False)
     assert res.complete and res.n_rows == 19
     failed = {(f["uid"], f["frame_idx"]): f["failure"] for f in res.failures}
-    assert set(failed) == {(u, f) for u in ("clip1", "clip2") for f in range(3)} | {("clip0", 3)}
+    assert set(failed) == {(u, f) for u in ("clip1", "clip2") for f in range(3)} | {("clip0", 3), ("clip3", 2)}
     assert "frame_idx 3 outside the clip's 3 frames" in failed[("clip0", 3)]
     assert "clip1/audio.wav: unreadable audio" in failed[("clip1", 0)]
     assert "clip2/audio.wav: zero-byte audio file" in failed[("clip2", 0)]
     store = FeatureStore(res.out_dir)
     with pytest.raises(FeatureStoreError, match="zero-byte"):
         store.clip("clip2", "audio")
-    assert store.clip("clip3", "audio").shape == (3, 1024)  # short: padded, kept, warned
+    # short (1.5 s): second 1 lies within the 0.5 s tolerance (padded, kept, warned); second 2 does not
+    assert "1.50 s of audio; frame 2 needs it up to 3.00 s" in failed[("clip3", 2)]
+    assert store.get("clip3", 1, "audio").shape == (1024,)
     warned = {(w["uid"], w["frame_idx"]): w["warning"] for w in store.card["warnings"]}
-    assert "1.50 s of audio for 3 frames; zero-padded" in warned[("clip3", 2)]
+    assert "1.50 s of audio for 3 frames; zero-padded" in warned[("clip3", 1)]
     assert "silent audio" in warned[("clip5", 0)]
     assert np.isfinite(store.clip("clip4", "audio").numpy()).all()  # stereo 44.1 kHz handled
-    assert store.card["n_failed"] == 7
+    assert store.card["n_failed"] == 8
 
 
 class NaNOnConstantInput(YAMNetEncoder):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.encoders.text import MiniLMText
-from pipeline.features import frame_cues, run_text
+from pipeline.feature_stages import frame_cues
+from pipeline.features import run_text
 from pipeline.store import FeatureStore, FeatureStoreError
 from tests.dummies_features import tiny_synthavs, write_cues
 
@@ -102,3 +103,17 @@ def test_clip_text_encoder_by_path_offline(tmp_path, monkeypatch):
     assert np.abs(emb[0] - emb[1]).max() > 1e-3
     with pytest.raises(ValueError, match="--text-model"):
         build_text("clip")
+
+
+def test_damaged_cue_table_is_named_then_rewritten(tiny, minilm, tmp_path):
+    from pipeline.store import FeatureStore, FeatureStoreError
+
+    write_cues(tmp_path, tiny.frames, _cues, tag="cot")
+    res = run_text(tiny, minilm, cue_set="cot", cache_root=tmp_path, dataset="synthavs", progress=False)
+    table = res.out_dir / "cue_table.npy"
+    good = table.read_bytes()
+    table.write_bytes(good[:100])
+    with pytest.raises(FeatureStoreError, match=r"damaged cue table or vocabulary .*re-run `make features`"):
+        FeatureStore(res.out_dir).cue_table
+    run_text(tiny, minilm, cue_set="cot", cache_root=tmp_path, dataset="synthavs", progress=False)
+    assert table.read_bytes() == good

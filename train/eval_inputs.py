@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from manifests.schema import ManifestError
-from pipeline.runner import StageError
+from pipeline.errors import StageError, UserError
 from train.data import AVSDataModule, FeatureCacheError
 from train.export import ExportError
 from train.metrics import MetricInputError
@@ -23,13 +23,8 @@ REPORTS_ROOT = Path("reports")
 EVAL_ERRORS = (ExportError, FeatureCacheError, StageError, ManifestError, MetricInputError, FileNotFoundError)
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """Evaluation cannot run; the message names what and where."""
-
-
-def error_line(exc: BaseException) -> str:
-    """The one ``error: ...`` line a CLI prints (library messages may span lines)."""
-    return "error: " + " ".join(str(exc).split())
 
 
 def resolve_export(*, run: str | Path | None = None, export: str | Path | None = None,

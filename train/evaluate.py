@@ -32,10 +32,11 @@ from PIL import Image, ImageDraw
 
 from manifests.schema import read_manifest
 from pipeline.runner import StageError
+from pipeline.errors import debug_enabled, error_line, run_cli
 from pipeline.store import FeatureStore
 from train import metrics as M
 from train.data import AVSDataModule
-from train.eval_inputs import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, error_line, make_datamodule,
+from train.eval_inputs import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, make_datamodule,
                                resolve_export)
 from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
 from train.export import load_exported, read_export_config
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                        reports_root=Path(args.reports), runs_root=Path(args.runs_root), n_overlays=args.overlays,
                        batch_size=args.batch_size, progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
+        if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
+            raise
         print(error_line(e), file=sys.stderr)
         return 2
     print("\n".join(summary_lines(res)))
@@ -232,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

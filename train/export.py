@@ -26,13 +26,15 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.errors import UserError
+
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 NET_PREFIX = "net."
 ALLOWED_PACKAGES = ("model.",)
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export directory cannot be loaded; the message names the file and the problem."""
 
 
@@ -92,7 +94,11 @@ def read_export_config(export_dir: str | Path) -> dict[str, Any]:
     path = Path(export_dir) / CONFIG
     if not path.exists():
         raise ExportError(f"{path}: missing; not an export directory (run `make train`)")
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: not valid YAML ({type(exc).__name__}); the export is damaged, export the run "
+                          "again (`make train` writes it)") from None
     if not isinstance(cfg, dict) or "net" not in cfg or "class_path" not in cfg["net"]:
         raise ExportError(f"{path}: no 'net.class_path'; not a TeSO export config")
     return cfg
@@ -121,7 +127,11 @@ def load_exported(export_dir: str | Path, *, map_location: str | torch.device = 
     if not path.exists():
         raise ExportError(f"{path}: missing weights file")
     net = build_net(cfg["net"], allowed=allowed)
-    state = load_file(str(path), device=str(map_location))
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error type (and OSError) for a damaged file
+        raise ExportError(f"{path}: unreadable weights ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                          "the file is truncated or not a safetensors file: export the run again") from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -45,8 +45,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import UserError, debug_enabled, error_line, run_cli
 
-class MetricInputError(ValueError):
+
+class MetricInputError(UserError, ValueError):
     """Logits/masks that cannot be scored; the message says what and where."""
 
 
@@ -335,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         res = score_binary(torch.from_numpy(logits).float(), torch.from_numpy(masks).float(),
                            clip_len=args.clip_len, protocol=args.protocol)
     except MetricInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
+            raise
+        print(error_line(e), file=sys.stderr)
         return 2
     print(f"protocol {res['protocol']}: {res['clips']} clips, {res['frames']} frames")
     print(json.dumps(res))
@@ -343,4 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -35,8 +35,9 @@ import torch
 from PIL import Image
 
 from manifests.schema import ManifestError
+from pipeline.errors import debug_enabled, error_line, run_cli
 from train.data import collate_clips
-from train.eval_inputs import EVAL_ERRORS, error_line
+from train.eval_inputs import EVAL_ERRORS
 from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config
 from train.pictures import PRED_COLOUR, overlay
@@ -144,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 cues_per_frame=a.cues_per_frame, captioner=a.captioner, llm=a.llm, cue_set=a.cue_set,
                 max_seconds=a.max_seconds, progress=not a.no_progress)
     except (PredictError, ManifestError, *EVAL_ERRORS) as e:
+        if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
+            raise
         print(error_line(e), file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

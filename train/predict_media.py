@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import UserError
+
 SAMPLE_RATE = 16000
 MAX_SECONDS = 10        # frames (= seconds) predicted at most; AVSBench clips are 5 or 10 s
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """The clip or the model cannot be used; the message names the file and the problem."""
 
 

@@ -55,6 +55,7 @@ def write_clip(clip: DecodedClip, work: Path, *, categories: list[str] | None = 
     wave = clip.audio if clip.audio is not None and len(clip.audio) else np.zeros(t * SAMPLE_RATE, np.float32)
     if len(wave) < t * SAMPLE_RATE:  # the stage pads too; doing it here keeps its warning away
         wave = np.pad(wave, (0, t * SAMPLE_RATE - len(wave)))
+    wave = wave[:t * SAMPLE_RATE]  # the seconds the frames cover (--max-seconds cuts both; the stage refuses longer)
     sf.write(data / UID / "audio.wav", wave, SAMPLE_RATE, subtype="FLOAT")
     rows = [dict(dataset=DATASET, subset="s4", split="test", vid=UID, uid=UID, frame_idx=i, n_frames=t,
                  image_path=f"{UID}/frames/{i}.jpg", mask_path="", audio_path=f"{UID}/audio.wav",

