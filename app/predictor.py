@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from manifests.schema import ManifestError, manifest_path, read_manifest
-from train.data import collate_clips
+from train.clips import collate_clips
 from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config
 from train.predict import THRESHOLD
