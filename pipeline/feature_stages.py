@@ -23,7 +23,7 @@ from pipeline.media import ClipImageSizes, FrameError, check_audio, check_covers
 from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage
 
 FEATURES_VERSION = 1
-# Demo defaults (fit the CPU budget); real AVSBench runs use the paper's settings (README).
+# Demo defaults (fit the CPU budget); real AVSBench runs use the paper's settings (README, Real data on a GPU).
 AUDIO_ENCODER = "yamnet"
 VISUAL_ENCODER = "efficientnet-lite0"
 TEXT_ENCODER = "minilm"
