@@ -32,7 +32,7 @@ DEMO_LEVELS = ("s8", "s16", "s32")
 MASK_SIZE = 56  # = INPUT_SIZE / 4, the resolution of Mask2Former's mask features
 MAX_CUES = 4    # cue tokens per frame (the official code's num_a)
 VISUAL_BATCH = 1  # measured fastest on CPU (bigger batches fall out of cache); use 16-64 with --device cuda
-CUE_SETS = ("cot", "direct", "vocab", "oracle")
+CUE_SETS = ("cot", "direct", "vocab", "oracle", "active")  # the ones `--cue-sets auto` looks for
 ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "audio_path",
                 "audio_start_s", "audio_end_s"]
 
