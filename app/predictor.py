@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from manifests.schema import ManifestError, manifest_path, read_manifest
-from train.data import collate_clips
+from train.clips import collate_clips
 from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config
 from train.predict import THRESHOLD
@@ -159,18 +159,19 @@ class CaptionCues:
         self._backends: dict = {}
 
     def __call__(self, captions: list[str], cue_set: str, export_cfg: dict[str, Any]) -> list[list[str]]:
-        from cues.hub import SMOLLM2
+        from cues.hub import DEFAULT_MODEL
         from cues.memo import Memo
         from cues.normalize import DEFAULT_MAX_CUES
-        from pipeline.cues import build_source, parse_sets
+        from pipeline.cues import DEFAULT_MAX_NEW_TOKENS, build_source, parse_sets
 
         if cue_set not in self.SETS:
             raise PredictError(f"cue set {cue_set!r}: choose one of {list(self.SETS)}")
         (spec,) = parse_sets(cue_set)
-        source = build_source(spec, vocabulary=training_vocabulary(export_cfg), memo=Memo(self.memo_dir),
-                              backends=self._backends, model=self.llm or SMOLLM2, gguf_file=None, closed=True,
-                              structured=True, repair=True, max_cues=DEFAULT_MAX_CUES, max_new_tokens=112,
-                              llm_batch_size=8, tensor_parallel_size=1)
+        llm = {"model": self.llm or DEFAULT_MODEL, "gguf_file": None, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+               "batch_size": 8, "dtype": "auto", "tensor_parallel_size": 1}  # as `make cues` asks, fewer at a time
+        source = build_source(spec, manifest=None, vocabulary=training_vocabulary(export_cfg), memo=Memo(self.memo_dir),
+                              backends=self._backends, llm=llm, closed=True, structured=True, repair=True,
+                              max_cues=DEFAULT_MAX_CUES)
         return [a.cues for a in source.answer([c.strip() for c in captions])]
 
 

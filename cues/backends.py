@@ -14,12 +14,15 @@ Nothing loads at construction; :meth:`LLMBackend.load` does, once.
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from cues.hub import SMOLLM2, ResolvedModel, load_pretrained, resolve_model
 
 LLM_BACKENDS = ("transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 Conversation = list[dict[str, str]]
 
 
@@ -35,7 +38,9 @@ class LLMBackend(ABC):
     def load(self) -> None: ...
 
     @abstractmethod
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]: ...
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answers; ``on_answer(i)`` is called as answer ``i`` is finished (progress)."""
 
 
 class TransformersBackend(LLMBackend):
@@ -44,8 +49,11 @@ class TransformersBackend(LLMBackend):
     name = "transformers"
 
     def __init__(self, *, model: str = SMOLLM2, gguf_file: str | None = None, max_new_tokens: int = 160,
-                 batch_size: int = 32, device: str | None = None, repetition_guard: bool = True):
-        self.model_spec, self.gguf_file = model, gguf_file
+                 batch_size: int = 32, device: str | None = None, repetition_guard: bool = True,
+                 dtype: str = "auto"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
+        self.model_spec, self.gguf_file, self.dtype_name = model, gguf_file, dtype
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.device, self.repetition_guard = device, repetition_guard
         self.resolved: ResolvedModel | None = None
@@ -60,8 +68,21 @@ class TransformersBackend(LLMBackend):
 
     def config(self) -> dict[str, Any]:
         # batch_size is absent on purpose: greedy outputs do not depend on it.
-        return {"backend": self.name, "model": self.resolve().label, "decoding": "greedy",
-                "max_new_tokens": self.max_new_tokens, "repetition_guard": self.repetition_guard}
+        res = self.resolve()
+        return {"backend": self.name, "model": res.label, "model_identity": res.identity, "dtype": self.torch_dtype(),
+                "decoding": "greedy", "max_new_tokens": self.max_new_tokens, "repetition_guard": self.repetition_guard}
+
+    def torch_dtype(self) -> str:
+        """The compute dtype: ``auto`` is float16 on CUDA, bfloat16 on a CPU with native bf16
+        matmuls (AMX/AVX512-BF16: measured faster than float32 there), else float32."""
+        if self.dtype_name != "auto":
+            return self.dtype_name
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda"):
+            return "float16"
+        return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
     def load(self) -> None:
         if self.model is not None:
@@ -72,15 +93,23 @@ class TransformersBackend(LLMBackend):
         from cues.generation import use_gqa_sdpa
 
         res = self.resolve()
+        res.verify()  # the weight file's sha256, right before it is loaded
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kw = {"gguf_file": res.gguf_file} if res.gguf_file else {}
-        self.tokenizer = load_pretrained(AutoTokenizer, res, padding_side="left", **kw)
+        dtype = getattr(torch, self.torch_dtype())
+        converted = converted_dir(res, self.torch_dtype())
+        if converted is not None and (converted / CONVERTED_MARK).exists():
+            src, kw = ResolvedModel(str(converted), res.label), {}
+        else:
+            src, kw = res, ({"gguf_file": res.gguf_file} if res.gguf_file else {})
+        self.tokenizer = load_pretrained(AutoTokenizer, src, padding_side="left", **kw)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{res.label}: the tokenizer has no chat template; use an instruction-tuned model")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        self.model = load_pretrained(AutoModelForCausalLM, res, dtype=dtype, **kw).to(self.device).eval()
+        self.model = load_pretrained(AutoModelForCausalLM, src, dtype=dtype, **kw).eval()
+        if converted is not None and src is res:
+            save_converted(self.model, self.tokenizer, converted)
+        self.model = self.model.to(self.device)
         use_gqa_sdpa(self.model)
 
     def _grammar(self, schema: dict[str, Any]):
@@ -96,7 +125,8 @@ class TransformersBackend(LLMBackend):
     def prompts(self, conversations: list[Conversation]) -> list[str]:
         return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
 
-    def generate(self, texts: list[str], schema: dict[str, Any] | None = None) -> list[str]:
+    def generate(self, texts: list[str], schema: dict[str, Any] | None = None,
+                 on_answer: Callable[[int], None] | None = None) -> list[str]:
         """Greedy answers for rendered prompts, up to ``batch_size`` decoded together."""
         from cues.generation import GreedyDecoder, RepetitionGuard
 
@@ -109,12 +139,13 @@ class TransformersBackend(LLMBackend):
         self.decoder = GreedyDecoder(self.model, eos_ids={e for e in eos_ids if e is not None},
                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                      grammar=self._grammar(schema) if schema is not None else None,
-                                     guard=RepetitionGuard() if self.repetition_guard else None)
+                                     guard=RepetitionGuard() if self.repetition_guard else None, on_done=on_answer)
         return [tok.decode(ids, skip_special_tokens=True) for ids in self.decoder(prompts)]
 
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]:
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
         self.load()
-        return self.generate(self.prompts(conversations), schema)
+        return self.generate(self.prompts(conversations), schema, on_answer)
 
 
 class VLLMBackend(LLMBackend):
@@ -158,18 +189,74 @@ class VLLMBackend(LLMBackend):
         structured = StructuredOutputsParams(json=schema) if schema is not None else None
         return SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, structured_outputs=structured)
 
-    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None) -> list[str]:
+    def chat(self, conversations: list[Conversation], schema: dict[str, Any] | None = None,
+             on_answer: Callable[[int], None] | None = None) -> list[str]:
         self.load()
         outs = self.llm.chat(conversations, self.sampling_params(schema), use_tqdm=False)
+        for i in range(len(outs) if on_answer else 0):
+            on_answer(i)
         return [o.outputs[0].text for o in outs]
+
+
+CONVERTED_MARK = ".complete"
+
+
+def converted_dir(res: ResolvedModel, dtype: str) -> "Path | None":
+    """Where a verified GGUF model is kept converted to ``dtype`` (safetensors + tokenizer).
+
+    Converting a GGUF file (de-quantising every tensor, building the tokenizer from its
+    vocabulary) takes about a minute; a converted copy loads in seconds. It is keyed by the
+    GGUF file's sha256, which :meth:`ResolvedModel.verify` has just checked.
+    """
+    sha = res.identity.get("sha256")
+    if not res.gguf_file or not sha:
+        return None
+    from cues.weights import weights_dir
+
+    return weights_dir() / "converted" / f"{sha[:24]}-{dtype}"
+
+
+def save_converted(model, tokenizer, out: "Path") -> None:
+    """Save a GGUF-loaded model as a plain checkpoint (temp dir + rename; best effort)."""
+    import shutil
+    import sys
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    quantizer, qconfig = model.hf_quantizer, getattr(model.config, "quantization_config", None)
+    try:
+        # transformers refuses to save a model it loaded from GGUF; the tensors are plain by now
+        model.hf_quantizer = None
+        if qconfig is not None:
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARK).touch()
+        os.replace(tmp, out)
+    except OSError as exc:  # a full or read-only disk only costs the conversion next time
+        print(f"[cues] could not keep the converted model in {out} ({exc})", file=sys.stderr)
+    finally:
+        model.hf_quantizer = quantizer
+        if qconfig is not None:
+            model.config.quantization_config = qconfig
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), per /proc/cpuinfo."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def make_llm_backend(name: str, **kwargs) -> LLMBackend:
     """Backend by name; an unknown name fails here, before anything loads."""
     if name == "transformers":
+        kwargs.pop("tensor_parallel_size", None)
         return TransformersBackend(**kwargs)
     if name == "vllm":
         kwargs.pop("gguf_file", None), kwargs.pop("batch_size", None), kwargs.pop("repetition_guard", None)
-        kwargs.pop("device", None)
+        kwargs.pop("device", None), kwargs.pop("dtype", None)
         return VLLMBackend(**kwargs)
     raise ValueError(f"unknown LLM backend {name!r}; choose one of {list(LLM_BACKENDS)}")

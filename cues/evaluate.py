@@ -7,7 +7,7 @@ misses). ``silent_cued`` is the share of visible-but-silent objects (visible in 
 never sounding) that were cued: the segmentation-preference trap the cues should avoid.
 A cue outside the vocabulary counts as a false positive.
 
->>> from cues.normalize import Vocabulary
+>>> from cues.normalize import Vocabulary, dataset_vocabulary
 >>> v = Vocabulary.for_categories(["dog", "man", "piano"])
 >>> cues = pd.DataFrame({"uid": ["a", "a", "b"], "frame_idx": [0, 1, 0],
 ...                      "cues": [["dog"], ["piano"], ["man"]], "parse_status": ["ok"] * 3})
@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from cues.normalize import Vocabulary
+from cues.normalize import Vocabulary, dataset_vocabulary
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.errors import StageError, run_cli
 from pipeline.runner import FAILURE, latest, read_card, read_stage
@@ -75,8 +75,6 @@ def cue_quality(cues: pd.DataFrame, truth: pd.DataFrame, vocabulary: Vocabulary)
 def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = True,
                   verify: bool = False) -> dict[str, dict[str, Any]]:
     """{tag: metrics} over cue-stage directories, overall and per subset; optional JSON beside each."""
-    from pipeline.cues import dataset_vocabulary
-
     vocab = dataset_vocabulary(manifest)
     truth = manifest.frames
     report = {}

@@ -19,7 +19,7 @@ import copy
 import functools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -141,10 +141,12 @@ class GreedyDecoder:
     """
 
     def __init__(self, model, *, eos_ids: set[int], max_new_tokens: int, batch_size: int,
-                 grammar=None, guard: RepetitionGuard | None = None, compact_slack: int = 128):
+                 grammar=None, guard: RepetitionGuard | None = None, compact_slack: int = 128,
+                 on_done: Callable[[int], None] | None = None):
         self.model, self.eos_ids = model, set(eos_ids)
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.grammar, self.guard, self.compact_slack = grammar, guard, compact_slack
+        self.on_done = on_done  # called with the prompt index when its answer is finished (progress bars)
         self.device = next(model.parameters()).device
         self.stats = {"prefix_tokens": 0, "row_prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0}
 
@@ -238,6 +240,11 @@ class GreedyDecoder:
             layer.values = layer.values.gather(2, idx)
         return torch.gather(mask, 1, order)
 
+    def _finish(self, results: list, row: _Row) -> None:
+        results[row.prompt] = row.tokens
+        if self.on_done is not None:
+            self.on_done(row.prompt)
+
     # -- all prompts -----------------------------------------------------------------------------
     def __call__(self, prompts: list[list[int]]) -> list[list[int]]:
         """Generated token ids per prompt (without the end token)."""
@@ -267,7 +274,7 @@ class GreedyDecoder:
                     row = _Row(prompt=i, length=len(prompts[i]),
                                matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
                     if self._accept(row, self._choose([row], logits)[0]):
-                        results[i] = row.tokens
+                        self._finish(results, row)
                         continue
                     if batch is None:
                         batch = self._new_batch(row_cache, min(self.batch_size, len(prompts)))
@@ -295,6 +302,6 @@ class GreedyDecoder:
                 for k, (r, token) in enumerate(zip(rows, self._choose(rows, out.logits[:, -1].float()))):
                     r.length += 1
                     if self._accept(r, token):
-                        results[r.prompt] = r.tokens
+                        self._finish(results, r)
                         rows[k] = None  # its slot's mask is reset when refilled, or the slot dropped
         return results  # type: ignore[return-value]

@@ -164,3 +164,20 @@ class Vocabulary:
                     if all(name != f for _, f in found):
                         found.append((i, name))
         return [name for _, name in sorted(found)]
+
+
+def dataset_vocabulary(manifest) -> Vocabulary:
+    """The label vocabulary of a :class:`~manifests.schema.Manifest`: its ``categories`` metadata,
+    else ``cues/vocab/<dataset>.yaml``, else every label in it. AVSBench's quirks (``h orse``)
+    are mapped in all cases."""
+    avs = yaml.safe_load((VOCAB_DIR / "avsbench.yaml").read_text())
+    cats = manifest.meta.get("categories")
+    if cats:
+        names = [c["name"] if isinstance(c, dict) else str(c) for c in cats]
+        return Vocabulary.for_categories(names, aliases=avs.get("aliases"), ignore=avs.get("ignore") or [])
+    dataset = str(manifest.frames["dataset"].iloc[0]) if len(manifest.frames) else manifest.path.stem
+    yaml_vocab = VOCAB_DIR / f"{dataset}.yaml"
+    if yaml_vocab.exists():
+        return Vocabulary.from_file(yaml_vocab)
+    labels = sorted({str(x) for col in ("labels", "visible_labels") for v in manifest.frames[col] for x in v})
+    return Vocabulary.for_categories(labels, aliases=avs.get("aliases"), ignore=avs.get("ignore") or [])

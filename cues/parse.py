@@ -203,3 +203,26 @@ def _parse_lines(stripped: str) -> ParseResult:
             if items:
                 return ParseResult([i.strip(" \"'`") for i in items], "repaired", "answer line")
     return ParseResult([], "malformed", "no JSON, list or answer line found")
+
+
+_VERDICT = re.compile(r"^\s*([^:;]{1,40}?)\s*:.*?\b(sounds|silent)\W*$", re.S)
+
+
+def reasoning_verdicts(text: str) -> list[tuple[str, bool]] | None:
+    """The per-object verdicts of a ``reason`` answer's reasoning, or None if it has none.
+
+    The ``cot-v2`` reasoning is ``"object: what it is doing, sounds|silent; ..."``; each
+    ``;``-separated part that ends in a verdict gives (object, sounds?).
+
+    >>> reasoning_verdicts('{"reasoning": "dog: asleep, silent; bell: swinging, sounds", "sounding_objects": ["dog"]}')
+    [('dog', False), ('bell', True)]
+    """
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        return None
+    reasoning = obj.get("reasoning") if isinstance(obj, dict) else None
+    if not isinstance(reasoning, str):
+        return None
+    found = [(m.group(1).strip(), m.group(2) == "sounds") for m in map(_VERDICT.match, reasoning.split(";")) if m]
+    return found or None

@@ -3,7 +3,10 @@
 * :class:`LLMCues`: template -> backend (``transformers``/``vllm``) -> tolerant parse -> one
   repair retry -> normalisation; every distinct question goes through the :class:`~cues.memo.Memo`.
 * :class:`VocabMatchCues`: the category names (and synonyms) found in the caption, no LLM.
-* :class:`OracleCues`: the ground-truth sounding labels of the frame (an upper bound).
+* :class:`ActiveCues` (SynthAVS only): every object the scene draws as active, i.e. all a
+  perfect reader of the caption can know (the ceiling of caption-derived cues).
+* :class:`OracleCues`: the ground-truth sounding labels of the frame; it gives the answer away,
+  so it bounds the model, not the cues.
 
 Each source turns a micro-batch of caption rows into cue rows with the same columns:
 ``prompt_version, model, raw_output, repair_output, cues, parse_status, memo_key``.
@@ -11,18 +14,22 @@ Each source turns a micro-batch of caption rows into cue rows with the same colu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+import sys
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
 
 from cues.backends import LLMBackend
 from cues.memo import Memo, memo_key
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, normalize_cues
-from cues.parse import parse_answer
-from cues.templates import OUTPUTS, PromptTemplate, answer_schema
+from cues.parse import parse_answer, reasoning_verdicts
+from cues.templates import ANSWER_KEY, OUTPUTS, PromptTemplate, answer_schema
 from pipeline.fingerprint import canonical_json, text_hash
 
-SOURCES = ("transformers", "vllm", "vocab-match", "oracle")
+SOURCES = ("transformers", "vllm", "vocab-match", "active", "oracle")
 # Bumped when normalize.py changes what a cue list looks like (part of the fingerprint).
 NORMALIZATION_VERSION = "norm-v1"
+SCENES_FILE = "clips.jsonl"  # SynthAVS's per-clip scene records (objects and their drawn state)
 
 
 @dataclass
@@ -64,7 +71,8 @@ class LLMCues:
     def schema(self, fields: tuple[str, ...]) -> dict[str, Any] | None:
         if not self.structured:
             return None
-        return answer_schema(fields, self.prompt_vocabulary, max_cues=self.max_cues)
+        return answer_schema(fields, self.prompt_vocabulary, max_cues=self.max_cues,
+                             max_reasoning_chars=self.template.max_reasoning_chars)
 
     def settings(self) -> dict[str, Any]:
         """Everything that decides the raw answer (memo key and fingerprint)."""
@@ -76,17 +84,30 @@ class LLMCues:
         return self._settings
 
     def config(self) -> dict[str, Any]:
-        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues,
+        answer = "reasoning verdicts" if self.template.output == "reason" else ANSWER_KEY
+        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
                 "map_to_vocabulary": self.closed, "normalization": NORMALIZATION_VERSION}
+
+    def items(self, res: dict[str, Any]) -> list[str]:
+        """The cue phrases of an answer. A ``reason`` answer's are the objects its reasoning
+        judges "sounds": small models often list every object after judging some silent
+        (a 0.5B model: "dogs: lying asleep, silent" then ["dogs"]), so the verdicts, not the
+        list, are the chain of thought's conclusion; the list counts when no verdict is readable."""
+        if self.template.output == "reason":
+            verdicts = reasoning_verdicts(res["raw_output"])
+            if verdicts is not None:
+                return [name for name, sounds in verdicts if sounds]
+        return res["items"]
 
     def key(self, caption: str) -> str:
         # The answer cap (max_cues) is part of the schema, hence of the key, via settings+schema.
         return memo_key({"caption": caption, **self.settings(), "schema": self.schema(self.template.fields)})
 
-    def _ask(self, captions: list[str]) -> list[dict[str, Any]]:
+    def _ask(self, captions: list[str], on_answer: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Answer distinct captions: generate, parse, one repair round for malformed answers."""
         vocab = self.prompt_vocabulary
-        raws = self.backend.chat([self.template.messages(c, vocab) for c in captions], self.schema(self.template.fields))
+        raws = self.backend.chat([self.template.messages(c, vocab) for c in captions], self.schema(self.template.fields),
+                                 on_answer)
         results = [{"raw_output": r, "repair_output": "", **vars(parse_answer(r))} for r in raws]
         bad = [i for i, r in enumerate(results) if r["status"] == "malformed"]
         if self.repair and bad:
@@ -97,15 +118,15 @@ class LLMCues:
                                   status="repaired" if p.status != "malformed" else "malformed")
         return results
 
-    def _ask_new(self, todo: dict[str, str]) -> dict[str, dict[str, Any]]:
+    def _ask_new(self, todo: dict[str, str], on_answer: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
         """Ask memo misses ``{key: caption}`` in one LLM call; memoise and count them."""
-        answers = dict(zip(todo, self._ask(list(todo.values())))) if todo else {}
+        answers = dict(zip(todo, self._ask(list(todo.values()), on_answer))) if todo else {}
         for k, res in answers.items():
             self.memo.put(k, res)
         self.asked += len(todo)
         return answers
 
-    def ask_ahead(self, captions: list[str], *, chunk: int) -> int:
+    def ask_ahead(self, captions: list[str], *, chunk: int, progress: bool = False) -> int:
         """Ask every distinct caption the memo lacks, ``chunk`` per LLM call; returns how many.
 
         The runner's micro-batches hold few new captions each (a clip's frames share theirs,
@@ -119,8 +140,11 @@ class LLMCues:
             if k not in todo and self.memo.get(k) is None:
                 todo[k] = c
         keys = list(todo)
-        for b in range(0, len(keys), chunk):
-            self._ask_new({k: todo[k] for k in keys[b:b + chunk]})
+        label = f"{self.template.version} {self.backend.config()['model'].split(':')[-1]}"
+        with tqdm(total=len(keys), desc=f"asking {label}", unit="caption", disable=not progress or not keys,
+                  file=sys.stderr, smoothing=0.1) as bar:
+            for b in range(0, len(keys), chunk):
+                self._ask_new({k: todo[k] for k in keys[b:b + chunk]}, lambda _i: bar.update(1))
         return len(keys)
 
     def answer(self, captions: list[str]) -> list[CueAnswer]:
@@ -141,12 +165,12 @@ class LLMCues:
         for k in keys:
             res = known[k]
             vocabulary = self.vocabulary if self.closed else None
-            cues = normalize_cues(res["items"], k=self.max_cues, vocabulary=vocabulary)
+            cues = normalize_cues(self.items(res), k=self.max_cues, vocabulary=vocabulary)
             out.append(CueAnswer(cues, _final_status(res["status"], cues), res["raw_output"], res["repair_output"], k))
         return out
 
 
-def _vocabulary_source_config(source: "VocabMatchCues | OracleCues") -> dict[str, Any]:
+def _vocabulary_source_config(source: "VocabMatchCues | ActiveCues | OracleCues") -> dict[str, Any]:
     """Fingerprinted config of a cue source that needs no model: its name, vocabulary and K."""
     return {"source": source.name, "vocabulary_hash": text_hash(canonical_json(source.vocabulary.table)),
             "max_cues": source.max_cues, "normalization": NORMALIZATION_VERSION}
@@ -186,5 +210,51 @@ class OracleCues:
         out = []
         for lab in labels:
             cues = self.vocabulary.map_labels(list(lab))[:self.max_cues]
+            out.append(CueAnswer(cues, "ok" if cues else "empty"))
+        return out
+
+
+@dataclass
+class ActiveCues:
+    """Ceiling of caption-derived cues (SynthAVS): the objects each clip's scene draws as active.
+
+    SynthAVS draws every sounding object active and half of the silent ones too (a hand on a
+    silent guitar); its caption says which objects look active, never which sound. A reader
+    of the caption can at best name all active objects, so this is what it can know.
+    ``scenes`` maps a clip uid to its ``{category: "active"|"idle"}`` objects (``clips.jsonl``).
+    """
+
+    vocabulary: Vocabulary
+    scenes: dict[str, dict[str, str]]
+    max_cues: int = DEFAULT_MAX_CUES
+    name: str = "active"
+
+    @classmethod
+    def from_manifest(cls, manifest, vocabulary: Vocabulary, *, max_cues: int = DEFAULT_MAX_CUES) -> "ActiveCues":
+        """Read the scene records beside the SynthAVS data (``<data_root>/clips.jsonl``)."""
+        import json
+        from pathlib import Path
+
+        path = Path(manifest.data_root) / SCENES_FILE
+        if not path.is_file():
+            raise ValueError(f"cue set 'active' needs SynthAVS's scene records: {path} is missing (manifest "
+                             f"{manifest.path}); use it with the SynthAVS manifest only (make data)")
+        scenes = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                clip = json.loads(line)
+                scenes[clip["uid"]] = clip["objects"]
+        return cls(vocabulary, scenes, max_cues=max_cues)
+
+    def config(self) -> dict[str, Any]:
+        return _vocabulary_source_config(self)
+
+    def answer_uids(self, uids: list[str]) -> list[CueAnswer]:
+        out = []
+        for uid in uids:
+            if uid not in self.scenes:
+                raise KeyError(f"clip {uid!r} has no scene record")
+            active = [c for c, state in self.scenes[uid].items() if state == "active"]
+            cues = self.vocabulary.map_labels(active)[:self.max_cues]
             out.append(CueAnswer(cues, "ok" if cues else "empty"))
         return out

@@ -26,9 +26,16 @@ from pipeline.fingerprint import text_hash
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-# Placeholders each part must contain (and may contain); anything else is a typo.
-REQUIRED = {"user": {"caption", "vocabulary_hint"}, "repair": {"caption", "raw_output", "vocabulary_hint"}}
-OUTPUTS = {"cot": ("visible_objects", "reasoning", "sounding_objects"), "direct": ("sounding_objects",)}
+# Placeholders each part must contain, and may contain; anything else is a typo. The vocabulary
+# hint goes in the system prompt or in the user turn (at least one): in the system prompt it is
+# part of the prompts' shared prefix, computed once for all captions.
+REQUIRED = {"system": set(), "user": {"caption"}, "repair": {"caption", "raw_output"}}
+ALLOWED = {"system": {"vocabulary_hint"}, "user": {"caption", "vocabulary_hint"},
+           "repair": {"caption", "raw_output", "vocabulary_hint"}}
+# ``reason``: one reasoning string (a verdict per object) before the answer; ``cot``: the
+# objects listed, then the reasoning, then the answer; ``direct``: the answer only.
+OUTPUTS = {"cot": ("visible_objects", "reasoning", "sounding_objects"), "reason": ("reasoning", "sounding_objects"),
+           "direct": ("sounding_objects",)}
 ANSWER_KEY = "sounding_objects"
 
 
@@ -60,6 +67,7 @@ class PromptTemplate:
     examples: tuple[tuple[str, str], ...]
     source: str
     text_hash: str
+    max_reasoning_chars: int = 100
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -67,7 +75,7 @@ class PromptTemplate:
 
     def _conversation(self, user: str, vocabulary: list[str] | None) -> list[dict[str, str]]:
         hint = vocabulary_hint(vocabulary)
-        msgs = [{"role": "system", "content": self.system.strip()}]
+        msgs = [{"role": "system", "content": _fill(self.system, {"vocabulary_hint": hint}).strip()}]
         for caption, answer in self.examples:
             msgs.append({"role": "user", "content": _fill(self.user, {"caption": caption, "vocabulary_hint": hint}).strip()})
             msgs.append({"role": "assistant", "content": answer})
@@ -92,12 +100,12 @@ class PromptTemplate:
 
 def _check(part: str, text: str, source: str) -> None:
     found = set(_PLACEHOLDER.findall(text))
-    missing, unknown = REQUIRED[part] - found, found - REQUIRED[part]
+    missing, unknown = REQUIRED[part] - found, found - ALLOWED[part]
     if missing:
         raise TemplateError(f"{source}: '{part}' lacks placeholder(s) {sorted('{' + m + '}' for m in missing)}")
     if unknown:
         raise TemplateError(f"{source}: '{part}' has unknown placeholder(s) {sorted('{' + u + '}' for u in unknown)}; "
-                            f"allowed {sorted('{' + r + '}' for r in REQUIRED[part])}")
+                            f"allowed {sorted('{' + r + '}' for r in ALLOWED[part])}")
 
 
 def load_template(name_or_path: str | Path) -> PromptTemplate:
@@ -122,13 +130,16 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
         raise TemplateError(f"{path}: output {raw['output']!r} is not one of {sorted(OUTPUTS)}")
     for part in REQUIRED:
         _check(part, raw[part], str(path))
+    if not any("{vocabulary_hint}" in raw[part] for part in ("system", "user")):
+        raise TemplateError(f"{path}: neither 'system' nor 'user' has the placeholder {{vocabulary_hint}}")
     examples = []
     for i, ex in enumerate(raw.get("examples") or []):
         if not isinstance(ex, dict) or not {"caption", "answer"} <= set(ex):
             raise TemplateError(f"{path}: example {i} needs 'caption' and 'answer'")
         examples.append((str(ex["caption"]), str(ex["answer"])))
     return PromptTemplate(version=raw["version"], output=raw["output"], system=raw["system"], user=raw["user"],
-                          repair=raw["repair"], examples=tuple(examples), source=str(path), text_hash=text_hash(text))
+                          repair=raw["repair"], examples=tuple(examples), source=str(path), text_hash=text_hash(text),
+                          max_reasoning_chars=int(raw.get("max_reasoning_chars", 100)))
 
 
 def answer_schema(fields: tuple[str, ...], vocabulary: list[str] | None, *, max_cues: int = 4,

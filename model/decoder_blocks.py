@@ -59,7 +59,7 @@ class FPNPixelDecoder(nn.Module):
     """A light FPN pixel decoder for CPU training from scratch (``pixel_decoder="fpn"``; this project's).
 
     transformers' deformable-attention pixel decoder runs its pure-PyTorch MSDA fallback on CPU, which
-    dominates the demo's step time (measured in the README). This replaces it with: per level a 1x1
+    dominates the demo's step time (measured in docs/model.md). This replaces it with: per level a 1x1
     lateral conv + GroupNorm; top-down (coarse -> fine) bilinear upsampling and addition; per level a
     depthwise 3x3 + pointwise 1x1 conv + GroupNorm + ReLU; the mask features are a 1x1 conv of the
     finest output. Same output contract as ``Mask2FormerPixelDecoder`` (the three coarsest outputs,

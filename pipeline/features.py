@@ -2,7 +2,7 @@
 
 Three stages on :func:`pipeline.runner.run_stage` (fingerprinted output, shards, resume, failure
 column, ``--num-shards``/``accelerate launch`` splitting); training reads them only through
-:class:`pipeline.store.FeatureStore`. Layout (per frame row; see the README section ``features``):
+:class:`pipeline.store.FeatureStore`. Layout (per frame row; see docs/features.md):
 
 * ``audio`` (tag = perturbation ``none``/``mute``/``wgn10``/...): ``audio`` ``[Da]`` fp16, frame i
   <-> second i of the clip's audio (VGGish-style non-overlapping 0.96 s examples).

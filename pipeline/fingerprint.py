@@ -86,6 +86,18 @@ def _remember(key: str, digest: str) -> None:
         pass  # a read-only home: the hash is still remembered for this process
 
 
+def file_sha256(path: str | Path) -> str:
+    """The full sha256 of one file, computed once per file version (path, size, mtime, inode) and
+    remembered in this process and in :func:`hash_memo_path`."""
+    key = _stamp(Path(path))
+    h = _memo.get(key) or _read_memo().get(key)
+    if h is None:
+        h = file_hash(path, length=64)
+        _remember(key, h)
+    _memo[key] = h
+    return h
+
+
 def content_hash(path: str | Path, *, length: int = 16) -> str:
     """sha256 of a file, or of a directory's files (relative names and contents, in sorted order).
 
@@ -98,12 +110,7 @@ def content_hash(path: str | Path, *, length: int = 16) -> str:
         raise FileNotFoundError(f"{path}: weight file not found")
     digest = hashlib.sha256()
     for f in files:
-        key = _stamp(f)
-        h = _memo.get(key) or _read_memo().get(key)
-        if h is None:
-            h = file_hash(f, length=64)
-            _remember(key, h)
-        _memo[key] = h
+        h = file_sha256(f)
         digest.update(f"{f.relative_to(path).as_posix() if f != path else f.name}\0{h}\0".encode())
     return digest.hexdigest()[:length]
 

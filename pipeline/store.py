@@ -308,7 +308,7 @@ def write_cache(cache_root: str | Path, dataset: str, stage: str, rows: pd.DataF
 
     For tests and fixtures of other areas: ``rows`` needs ``uid`` and ``frame_idx`` (and may carry
     ``split`` and ``failure``); ``arrays[key]`` is ``[len(rows), ...]`` with the dtype to store
-    (the layout in the README: ``audio`` fp16 ``[Da]``; ``vis_s8``... fp16 ``[C,H,W]``, ``mask``/
+    (the layout in docs/features.md: ``audio`` fp16 ``[Da]``; ``vis_s8``... fp16 ``[C,H,W]``, ``mask``/
     ``class_mask`` uint8 ``[Hm,Wm]``, ``mask_valid`` uint8 ``[]``; ``cue_ids`` int32 ``[K]``,
     ``cue_valid`` uint8 ``[K]`` plus ``cue_table``/``cue_vocab``). ``card`` entries land at the
     card's top level (what ``FeatureStore(expect=...)`` checks). Also sets ``latest[-tag].json``.

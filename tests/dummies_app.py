@@ -33,7 +33,9 @@ def write_app_world(root: str | Path) -> dict[str, Path]:
     from train.preference import run_preference
 
     root = Path(root)
-    export = D.write_encoder_export(root / "runs" / "tiny")
+    # random weights: with the no-object term (b = -2 at init) such a model predicts nothing at all,
+    # so the app's pictures would have no mask to show; without it the masks follow the features
+    export = D.write_encoder_export(root / "runs" / "tiny", no_object_logit=False)
     media = synthavs.generate(out_root=root / "cache", clips=10, seed=0, workers=1, progress=False)
     manifest = root / "manifests" / "synthavs.parquet"
     synthavs.build_manifest(media, manifest)

@@ -106,13 +106,15 @@ class FakeLLM(LLMBackend):
     def load(self) -> None:
         self.loaded += 1
 
-    def chat(self, conversations, schema=None) -> list[str]:
+    def chat(self, conversations, schema=None, on_answer=None) -> list[str]:
         self.calls.append(len(conversations))
         out = []
-        for conv in conversations:
+        for i, conv in enumerate(conversations):
             self.prompts.append(conv[-1]["content"])
             time.sleep(self.delay_s)
             out.append(self.answer(conv[-1]["content"]))
+            if on_answer is not None:
+                on_answer(i)
         return out
 
 

@@ -167,14 +167,14 @@ def write_mp4(path: str | Path, *, seconds: int = 3, fps: int = 5, size: int = 6
     return path
 
 
-def write_encoder_export(root: str | Path, *, variant: str = "teso") -> Path:
+def write_encoder_export(root: str | Path, *, variant: str = "teso", **net_args) -> Path:
     """An export of a tiny TeSO sized for the offline encoders of the features stage (YAMNet 1024-d,
-    EfficientNet-Lite0 s8/s16/s32 = 40/112/320 channels, MiniLM 384-d)."""
+    EfficientNet-Lite0 s8/s16/s32 = 40/112/320 channels, MiniLM 384-d); ``net_args`` override TeSO's."""
     from model.teso import TeSO
 
     torch.manual_seed(0)
     args = {**tiny_net_args(), "audio_dim": 1024, "text_dim": 384, "visual_channels": [40, 112, 320],
-            "semantic": False, "num_classes": 1, "max_seconds": 5}
+            "semantic": False, "num_classes": 1, "max_seconds": 5, **net_args}
     net = TeSO(**args).eval()
     exp = Path(root) / "export"
     exp.mkdir(parents=True, exist_ok=True)

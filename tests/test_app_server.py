@@ -67,9 +67,14 @@ def test_demo_clip_cues_from_caption_and_predict_with_sound_and_muted(server):
     fg_sound = np.array([r[2] for r in per_frame["data"]]) / 100
     tinted = np.abs(sound_row - frames_row).sum(-1) > 30
     assert abs(tinted.mean() - fg_sound.mean()) < 0.1
+    assert tinted.any()
     red_bias = (sound_row - frames_row)[tinted].mean(0)
-    blue_bias = (mute_row - frames_row)[np.abs(mute_row - frames_row).sum(-1) > 30].mean(0)
-    assert np.argmax(red_bias) == int(np.argmax(PRED_COLOUR)) and np.argmax(blue_bias) == int(np.argmax(MUTE_COLOUR))
+    assert np.argmax(red_bias) == int(np.argmax(PRED_COLOUR))
+    tinted_mute = np.abs(mute_row - frames_row).sum(-1) > 30
+    fg_mute = np.array([r[3] for r in per_frame["data"]]) / 100
+    assert abs(tinted_mute.mean() - fg_mute.mean()) < 0.1
+    if tinted_mute.any():  # the no-object head may leave a muted clip empty (then nothing is tinted)
+        assert np.argmax((mute_row - frames_row)[tinted_mute].mean(0)) == int(np.argmax(MUTE_COLOUR))
     assert Image.open(chart).size[0] > 300
     fg = np.array([[r[2], r[3]] for r in per_frame["data"]])
     assert ((fg >= 0) & (fg <= 100)).all() and not np.allclose(fg[:, 0], fg[:, 1])  # muting changed the masks

@@ -1,4 +1,4 @@
-"""The captions + cues stages end to end on a small generated SynthAVS with the offline SmolLM2 (slow)."""
+"""The captions + cues stages end to end on a small generated SynthAVS with the default offline LLM (slow)."""
 import json
 
 import pytest
@@ -21,7 +21,7 @@ def test_demo_cue_sets_end_to_end(tmp_path, monkeypatch, capsys):
     captions_main(common)
     cues_main(common)
     out = capsys.readouterr().out
-    for tag in ("cot", "direct", "vocab", "oracle"):
+    for tag in ("cot", "direct", "vocab", "active", "oracle"):
         assert f"\n{tag} " in out
         d = latest(tmp_path / "cache", "synthavs", "cues", tag)
         card, rep = read_card(d), json.loads(report_path(d).read_text())
@@ -31,4 +31,4 @@ def test_demo_cue_sets_end_to_end(tmp_path, monkeypatch, capsys):
             assert card["memo"]["hit_rate"] > 0.5  # 5 frames of a clip share one caption
         assert 0 <= rep["f1"] <= 1
     cues_main(common)  # second run: nothing recomputed, no model loaded
-    assert capsys.readouterr().err.count("already complete, nothing loaded") == 4
+    assert capsys.readouterr().err.count("already complete, nothing loaded") == 5

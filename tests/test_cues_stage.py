@@ -180,3 +180,42 @@ def test_kill_and_resume_gives_the_rows_of_a_clean_run(tmp_path):
     assert len(a) == 240
     pd.testing.assert_frame_equal(a, b)
     assert not list(out_dir.glob("*.tmp-*"))
+
+
+def test_active_cues_are_the_objects_drawn_active(world, capsys):
+    from pipeline.cues import default_sets, main
+
+    assert "active" not in default_sets(world["m"])  # no scene records: not SynthAVS
+    with pytest.raises(ValueError, match="clips.jsonl"):
+        run_cues(dataset="tiny", sets="active", manifest=world["manifest"], cache_root=world["cache"], progress=False)
+    # scene records as SynthAVS writes them: the first scene's guitar and man drawn active, its dog idle
+    states = {0: {"man": "active", "guitar": "active", "dog": "idle"}, 1: {"woman": "active", "piano": "active"},
+              2: {"drums": "active", "man": "idle"}, 3: {"dog": "active", "piano": "active"}}
+    lines = [json.dumps({"uid": f"c{c:03d}", "objects": states[c % 4]}) for c in range(8)]
+    (Path(world["m"].data_root) / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    assert default_sets(world["m"]).endswith(",active")
+    main(["--dataset", "tiny", "--manifest", str(world["manifest"]), "--cache-root", str(world["cache"]),
+          "--sets", "active", "--no-progress"])
+    rows = read_cues(world["cache"], "tiny", "active")
+    got = rows.groupby("uid")["cues"].first().map(list).to_dict()
+    assert got["c000"] == ["man", "guitar"] and got["c003"] == ["dog", "piano"] and got["c006"] == ["drums"]
+    rep = json.loads(report_path(read_card_dir(world, "active")).read_text())
+    assert rep["recall"] == 1.0 and rep["precision"] < 1.0  # every source is drawn active, not every active object sounds
+
+
+def test_reason_answers_are_read_from_the_verdicts(world):
+    """cot-v2: the cues are the objects the reasoning judges "sounds", not the list after it."""
+    def answer(prompt):
+        if "guitar" in prompt:  # judged right, listed wrong: the list names the sleeping dog too
+            return '{"reasoning": "man: playing, sounds; guitar: being played, sounds; dog: asleep, silent", ' \
+                   '"sounding_objects": ["man", "guitar", "dog"]}'
+        if "woman" in prompt:  # reasoning without verdicts: the list counts
+            return '{"reasoning": "a woman sings", "sounding_objects": ["woman"]}'
+        return '{"reasoning": "drums: lying, silent; man: lying, silent", "sounding_objects": ["drums"]}'
+
+    src = LLMCues(load_template("cot-v2"), FakeLLM(answer), dataset_vocabulary(world["m"]), Memo(world["tmp"] / "memo"))
+    assert src.config()["answer"] == "reasoning verdicts"
+    rows = read_stage(_run(world, src).out_dir)
+    got = rows.groupby("caption")["cues"].first().map(list).to_dict()
+    assert got[SCENES[0][0]] == ["man", "guitar"] and got[SCENES[1][0]] == ["woman"] and got[SCENES[2][0]] == []
+    assert set(rows.loc[rows["caption"] == SCENES[2][0], "parse_status"]) == {"empty"}

@@ -29,6 +29,23 @@ def test_shipped_templates_render():
         assert "garbage output" in rep and '"a dog"' in rep
 
 
+def test_v2_templates_keep_everything_but_the_caption_in_the_shared_prefix():
+    """cot-v2/direct-v2: rules, names and examples come first; a caption changes only the last turn."""
+    from cues.generation import shared_prefix_len
+
+    vocab = ["guitar", "man"]
+    for name, fields in (("cot-v2", ("reasoning", "sounding_objects")), ("direct-v2", ("sounding_objects",))):
+        t = load_template(name)
+        assert t.fields == fields
+        a, b = t.messages("a man holds a guitar", vocab), t.messages("a dog barks", vocab)
+        assert a[:-1] == b[:-1] and "guitar, man" in a[0]["content"] and "{" not in a[0]["content"]
+        assert a[-1]["content"] == 'Description: "a man holds a guitar"'
+        ta, tb = (repr(m).encode() for m in (a, b))
+        assert shared_prefix_len([list(ta), list(tb)]) >= len(repr(a[:-1]))
+    assert answer_schema(load_template("cot-v2").fields, vocab)["properties"]["reasoning"]["maxLength"] == 100
+    assert load_template("cot-v2").max_reasoning_chars > 100
+
+
 def test_cot_schema_puts_reasoning_before_the_answer():
     s = answer_schema(load_template("cot-v1").fields, ["dog", "man"], max_cues=3)
     assert list(s["properties"]) == ["visible_objects", "reasoning", "sounding_objects"]

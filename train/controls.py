@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from train.batch import AVSBatch
-from train.data import ClipDataset, collate_clips
+from train.clips import ClipDataset, collate_clips
 
 CONTROLS = ("none", "shuffled", "no_cues")
 

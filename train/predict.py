@@ -36,7 +36,7 @@ from PIL import Image
 
 from manifests.schema import ManifestError
 from pipeline.errors import debug_enabled, error_line, run_cli
-from train.data import collate_clips
+from train.clips import collate_clips
 from train.eval_inputs import EVAL_ERRORS
 from train.eval_scoring import forward_batch
 from train.export import load_exported, read_export_config

@@ -17,7 +17,7 @@ import torch
 
 from manifests.schema import ManifestError, read_manifest, write_manifest
 from pipeline.store import FeatureStore, write_cache
-from train.data import ClipItem
+from train.clips import ClipItem
 from train.predict_media import SAMPLE_RATE, DecodedClip, PredictError
 
 DATASET = "predict"

@@ -81,7 +81,7 @@ def eval_report_md(m: Mapping[str, Any]) -> str:
            f"- model: `{m.get('variant', '?')}` from `{m['export']}` (safetensors + YAML, no pickle)",
            f"- dataset: `{m['dataset']}`, split `{m['split']}`, audio features `{m.get('audio', 'none')}`, "
            f"text cues `{m.get('cues', '?')}`",
-           f"- protocol: **{proto}** (see README, section eval); the other protocols are listed below for comparison",
+           f"- protocol: **{proto}** (see docs/evaluation.md); the other protocols are listed below for comparison",
            f"- mIoU in %, F-measure with beta^2 = 0.3; 'pred. fg %' = mean predicted foreground fraction, "
            f"'empty-pred. frames %' = share of frames predicted empty (the null-subset figures)", ""]
     if "timing" in m:
