@@ -93,3 +93,21 @@ def test_debug_shows_the_traceback(bad, how):
                **({"TESO_DEBUG": "1"} if how.get("env") else {}))
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1 and "Traceback (most recent call last)" in err and "ManifestError" in err
+
+
+@pytest.mark.parametrize("module", ["pipeline.cues", "pipeline.features", "train.study", "train.preference", "cues.weights"])
+@pytest.mark.parametrize("argv", [["--no-such-flag"], ["--cache-root"]])
+def test_bad_command_line_is_one_line_not_the_usage_block(module, argv, capsys):
+    """argparse's own rejection (unknown flag, missing value) also comes out as the one error line."""
+    import argparse
+    import importlib
+
+    from pipeline.errors import run_cli
+
+    if module == "cues.weights":
+        argv = ["qwen2.5-0.5b", *argv]
+    original = argparse.ArgumentParser.error
+    assert run_cli(importlib.import_module(module).main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
+    assert argparse.ArgumentParser.error is original  # the override ends with the command
