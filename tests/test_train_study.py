@@ -60,6 +60,15 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",
               out_dir=out, jobs=2, progress=False)
     assert (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns == stamp
+    # scoring the validation split (to choose settings) re-scores the same runs without training them again
+    trained = (tmp_path / "runs" / "teso-s0" / "export" / "model.safetensors").stat().st_mtime_ns
+    val = run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",
+                    out_dir=tmp_path / "reports" / "val", jobs=2, progress=False, split="val")
+    assert val["meta"]["split"] == "val" and not val["meta"]["failed"]
+    assert json.loads((tmp_path / "runs" / "teso-s0" / "rows.json").read_text())["split"] == "val"
+    assert "Validation split" in (tmp_path / "reports" / "val" / "study.md").read_text()
+    assert (tmp_path / "runs" / "teso-s0" / "export" / "model.safetensors").stat().st_mtime_ns == trained
+    assert len(val["rows"]) == (3 + 1) * 2 * 3  # val000 bias_consistent, val001 counter_bias
 
 
 def test_variant_specs_and_bad_input(tmp_path):

@@ -157,11 +157,12 @@ class EpochShuffleSampler(Sampler[int]):
     """Shuffles with a permutation that depends only on (seed, epoch).
 
     A run resumed from a checkpoint therefore sees the same clip order as an uninterrupted one
-    (Lightning calls :meth:`set_epoch` before each epoch).
+    (Lightning calls :meth:`set_epoch` before each epoch). ``with_epoch`` yields ``(index, epoch)``
+    pairs, for datasets whose items depend on the epoch (:mod:`train.audio_negatives`).
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, *, with_epoch: bool = False) -> None:
+        self.n, self.seed, self.epoch, self.with_epoch = n, seed, 0, with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -169,6 +170,7 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter([(i, self.epoch) for i in order] if self.with_epoch else order)

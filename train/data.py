@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader
 from manifests.schema import manifest_path, read_manifest
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
+from pipeline.runner import StageError
+from train.audio_negatives import NegativeAudioDataset, check_negatives
 from train.clips import CacheSpec, ClipDataset, EpochShuffleSampler, FeatureCacheError, collate_clips
 from train.labels import frame_label_table
 
@@ -60,6 +62,9 @@ class AVSDataModule(pl.LightningDataModule):
             has touched count toward its RSS, so this bounds resident feature memory to about that
             many clips whatever the cache size (re-mapping costs ~2.5 ms per clip, hence not every clip).
         verify_shards: hash every shard file against its commit record when first read (default: sizes).
+        train_negatives: negative audio for training (:mod:`train.audio_negatives`): perturbation tag
+            (``mute``, ``ambient``, ``offscreen``) -> probability per training clip and epoch of
+            replacing its audio by that cache's and its masks by empty ones; None/{} = never.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class AVSDataModule(pl.LightningDataModule):
         seed: int = 0,
         unmap_every: int = 8,
         verify_shards: bool = False,
+        train_negatives: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -116,6 +122,7 @@ class AVSDataModule(pl.LightningDataModule):
         self.class_masks = class_masks
         self.seed = seed
         self.unmap_every = unmap_every
+        self.train_negatives = check_negatives(train_negatives)
         self._clips: pd.DataFrame | None = None
         self._spec: CacheSpec | None = None
         self._stores: dict[str, FeatureStore] = {}
@@ -178,8 +185,8 @@ class AVSDataModule(pl.LightningDataModule):
             raise FeatureCacheError(f"{stores['text'].dir}: cue embeddings are {dt}-d, "
                                     f"the model is configured for text_dim={self.text_dim}")
 
-    def _check_coverage(self, clips: pd.DataFrame, split: str) -> None:
-        """Every frame of the split must be in each cache and not failed there."""
+    def _check_coverage(self, clips: pd.DataFrame, split: str, stores: dict[str, FeatureStore] | None = None) -> None:
+        """Every frame of the split must be in each cache (default: the three read) and not failed there."""
         bad_len = clips[(clips["n_frames"] != self.clip_len) | (clips["n_rows"] != self.clip_len)]
         if len(bad_len):
             r = bad_len.iloc[0]
@@ -188,7 +195,7 @@ class AVSDataModule(pl.LightningDataModule):
         want = pd.DataFrame({"uid": np.repeat(clips["uid"].to_numpy(), self.clip_len),
                              "frame_idx": np.tile(np.arange(self.clip_len), len(clips))})
         problems = []  # every cache's, so one message lists all that need the features stage again
-        for kind, store in self._stores.items():
+        for kind, store in (self._stores if stores is None else stores).items():
             idx = store.index[["uid", "frame_idx", "failure"]]
             m = want.merge(idx, on=["uid", "frame_idx"], how="left")
             missing = m[m["failure"].isna()]
@@ -213,9 +220,32 @@ class AVSDataModule(pl.LightningDataModule):
             self._check_coverage(clips, self.splits[stage])
             if self._labels is None:
                 self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
-            self._datasets[stage] = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
-                                                class_masks=self.class_masks, unmap_every=self.unmap_every)
+            ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
+                             class_masks=self.class_masks, unmap_every=self.unmap_every)
+            if stage == "train" and self.train_negatives:  # never val/test: their audio and masks stay
+                ds = NegativeAudioDataset(ds, audio_dirs=self._negative_dirs(clips), probs=self.train_negatives,
+                                          seed=self.seed, expect_audio=self.expect["audio"], verify=self.verify_shards)
+            self._datasets[stage] = ds
         return self._datasets[stage]
+
+    def _negative_dirs(self, clips: pd.DataFrame) -> dict[str, Path]:
+        """The perturbed audio cache of each negative tag, checked like the clean one (card, width, frames)."""
+        dirs, stores = {}, {}
+        for tag in self.train_negatives:
+            try:
+                dirs[tag] = latest(self.cache_root, self.dataset, "audio", tag=tag)
+            except StageError:
+                raise FeatureCacheError(
+                    f"{self.cache_root / self.dataset / 'audio'}: no '{tag}' audio cache (latest-{tag}.json) for "
+                    f"data.train_negatives; build it with `make features CACHE={self.cache_root}` (it writes the "
+                    f"perturbed audio caches) or drop '{tag}' from data.train_negatives") from None
+            stores[f"{tag} audio"] = FeatureStore(dirs[tag], expect=self.expect["audio"], verify=self.verify_shards)
+            width = tuple(stores[f"{tag} audio"].card.get("arrays", {}).get("audio", {}).get("shape", ()))[-1:]
+            if self.audio_dim is not None and width != (self.audio_dim,):
+                raise FeatureCacheError(f"{dirs[tag]}: {tag} audio features are {width}-d, the model is configured "
+                                        f"for audio_dim={self.audio_dim}")
+        self._check_coverage(clips, "train", stores)
+        return dirs
 
     # ----- Lightning hooks -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -231,7 +261,8 @@ class AVSDataModule(pl.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(ds), self.seed) if shuffle else None,
+            sampler=EpochShuffleSampler(len(ds), self.seed, with_epoch=isinstance(ds, NegativeAudioDataset))
+            if shuffle else None,
             collate_fn=collate_clips,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -78,7 +78,8 @@ def make_datamodule(export_cfg: dict[str, Any], *, dataset: str | None = None, c
         kw["manifest"] = manifest
     for k in ("audio_dir", "visual_dir", "text_dir"):  # a training machine's explicit dirs do not apply here
         kw.pop(k, None)
-    kw.update(audio_tag=audio_tag, splits={"test": split}, class_masks=semantic, num_workers=0, **override)
+    kw.update(audio_tag=audio_tag, splits={"test": split}, class_masks=semantic, num_workers=0,
+              train_negatives=None, **override)  # evaluation never trains: no negative-audio caches needed
     if batch_size is not None:
         kw["eval_batch_size"] = batch_size
     return AVSDataModule(**kw)

@@ -85,8 +85,9 @@ def inputs_stamp(args: Sequence[str], cache_root: str | None) -> str:
 
 
 def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, cache_root: str | None,
-            train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS, cues: str | None = None) -> Path:
-    """Train (unless reusable) and evaluate one (variant, seed); returns its ``rows.json``."""
+            train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS, cues: str | None = None,
+            split: str = "test") -> Path:
+    """Train (unless reusable) and evaluate one (variant, seed) on ``split``; returns its ``rows.json``."""
     from train.cli import main as fit_main
     from train.study_eval import evaluate_run, parameter_count
 
@@ -95,33 +96,38 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     run = Path(runs_dir) / run_name(variant, seed)
     stamp = inputs_stamp(args, cache_root)
     stamp_file = run / STAMP
-    if (run / ROWS).exists() and stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp:
+    same = stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp
+    if same and (run / ROWS).exists() and json.loads((run / ROWS).read_text()).get("split", "test") == split:
         return run / ROWS
-    if run.exists() and not (stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp):
+    if run.exists() and not same:
         shutil.rmtree(run)  # other inputs: start over (a same-input run resumes from its last checkpoint)
     run.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(json.dumps({"stamp": stamp, "args": args}))
     t0 = time.perf_counter()
-    fit_main(args)
-    train_s = time.perf_counter() - t0
+    rescore = same and (run / "export" / "config.yaml").exists()  # exported = trained: another split only rescores
+    if rescore:
+        train_s = json.loads((run / ROWS).read_text())["train_seconds"] if (run / ROWS).exists() else float("nan")
+    else:
+        fit_main(args)
+        train_s = time.perf_counter() - t0
     rows = evaluate_run(run / "export", variant=variant, seed=seed, controls=controls_for(variant, controls),
-                        cache_root=cache_root)
-    (run / ROWS).write_text(json.dumps({"rows": rows, "train_seconds": train_s,
-                                        "eval_seconds": time.perf_counter() - t0 - train_s,
+                        cache_root=cache_root, split=split)
+    (run / ROWS).write_text(json.dumps({"rows": rows, "split": split, "train_seconds": train_s,
+                                        "eval_seconds": time.perf_counter() - t0 - (0 if rescore else train_s),
                                         "parameters": parameter_count(run / "export")}, default=float))
     return run / ROWS
 
 
 def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str, Any]], *, runs_dir: Path,
               configs: Sequence[str], controls: Sequence[str], cache_root: str | None, train_args: Sequence[str],
-              jobs: int, env: dict[str, str], t0: float, progress: bool, cues: str | None) -> None:
+              jobs: int, env: dict[str, str], t0: float, progress: bool, cues: str | None, split: str) -> None:
     """Start each job as a child process, ``jobs`` at a time; record failures (the others go on)."""
     while todo or running:
         while todo and len(running) < max(1, jobs):
             v, s = todo.pop(0)
             log = runs_dir / f"{run_name(v, s)}.log"
             cmd = [sys.executable, "-m", "train.study", "--one", v, "--seed", str(s), "--runs-dir", str(runs_dir),
-                   "--configs", ",".join(configs), "--controls", ",".join(controls),
+                   "--configs", ",".join(configs), "--controls", ",".join(controls), "--split", split,
                    *(["--cache-root", str(cache_root)] if cache_root is not None else []),
                    *(["--cues", cues] if cues else []),
                    *(["--train-args", " ".join(train_args)] if train_args else [])]
@@ -146,8 +152,9 @@ def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str,
 def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = DEMO_CONFIGS,
               cache_root: str | None = "cache", runs_dir: str | Path = "runs/study", out_dir: str | Path = "reports/study",
               jobs: int = 2, train_args: Sequence[str] = (), controls: Sequence[str] = CONTROLS,
-              cues: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every (variant, seed) job, ``jobs`` at a time, and write the study report; returns its JSON."""
+              cues: str | None = None, progress: bool = True, split: str = "test") -> dict[str, Any]:
+    """Run every (variant, seed) job, ``jobs`` at a time, and write the study report of ``split`` (``val``
+    to choose settings, ``test`` for the final scoring); returns its JSON."""
     from train.study_report import write_study
 
     if not variants or seeds < 1:
@@ -167,7 +174,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     failed: list[dict[str, Any]] = []
     try:
         _run_jobs(todo, running, failed, runs_dir=runs_dir, configs=configs, controls=controls, cache_root=cache_root,
-                  train_args=train_args, jobs=jobs, env=env, t0=t0, progress=progress, cues=cues)
+                  train_args=train_args, jobs=jobs, env=env, t0=t0, progress=progress, cues=cues, split=split)
     finally:  # interrupted (Ctrl-C): no job outlives the study
         for _, _, proc, _ in running:
             proc.kill()
@@ -179,7 +186,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
                 results.append(json.loads(f.read_text()))
     meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs), "cues": cues or "config",
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
-            "runs_dir": str(runs_dir)}
+            "runs_dir": str(runs_dir), "split": split}
     return write_study(results, Path(out_dir), meta)
 
 
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(DEMO_CONFIGS), help="comma list; {model} = the variant's model")
     ap.add_argument("--controls", default=",".join(CONTROLS))
     ap.add_argument("--cues", default=None, help="cue set of variants without their own (default: the data config's)")
+    ap.add_argument("--split", default="test", choices=("val", "test"),
+                    help="split scored: val to choose settings, test (default) for the final scoring")
     ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. '--trainer.max_epochs 1'")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a job's child process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     train_args = a.train_args.split()
     if a.one:
         one_job(a.one, a.seed, configs=configs, runs_dir=Path(a.runs_dir), cache_root=a.cache_root,
-                train_args=train_args, controls=controls, cues=a.cues)
+                train_args=train_args, controls=controls, cues=a.cues, split=a.split)
         return 0
     bad = [c for c in controls if c not in CONTROLS]
     if bad:
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run_study(variants=[v for v in a.variants.replace(",", " ").split() if v], seeds=a.seeds, configs=configs,
                         cache_root=a.cache_root, runs_dir=a.runs_dir, out_dir=a.out, jobs=a.jobs, train_args=train_args,
-                        controls=controls, cues=a.cues, progress=not a.no_progress)
+                        controls=controls, cues=a.cues, progress=not a.no_progress, split=a.split)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

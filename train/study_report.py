@@ -92,7 +92,8 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
              f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
              f"{meta['jobs']} jobs side by side, cue set `{meta.get('cues', 'config')}`; wall time {wall:.1f} min "
              "(on a shared, loaded machine). "
-             "Test split, only scored (each run keeps its best-validation checkpoint). Values in %; "
+             + ("Validation split (for choosing settings). " if meta.get("split") == "val" else
+                "Test split, only scored (each run keeps its best-validation checkpoint). ") + "Values in %; "
              "mean ± std over seeds.", ""]
     if meta.get("parameters"):
         lines += ["Parameters: " + ", ".join(f"`{v}` {n:,}" for v, n in meta["parameters"].items()), ""]

@@ -1,0 +1,97 @@
+"""Training with negative audio (AVSBench-Robust, Li et al. 2025, arXiv 2502.00358).
+
+A model trained only on clips whose audio matches a visible sounding object can learn to ignore the
+audio: segmenting what usually sounds is then as good as listening. AVSBench-Robust trains with
+*negative* audio, under which nothing visible sounds, so the right answer is an empty mask. Here,
+with probability ``p`` per training clip, the clip's audio features are replaced by the SAME clip's
+features under a negative perturbation of the features stage (``mute``: silence; ``ambient``: room
+tone only; ``offscreen``: a sound of a category not visible in it) and its ground truth by empty masks
+(valid frames stay valid, so the mask losses and the null loss say "nothing sounds"; its frames are no
+InfoNCE positives). The perturbed caches are read through :class:`pipeline.store.FeatureStore` with
+the same card and coverage checks as the clean audio. The choice depends only on (seed, epoch, clip),
+so a resumed run sees the same negatives. Only the training split is ever wrapped: validation and
+test clips keep their audio and ground truth (the test's mute/off-screen conditions are then the
+same KIND of perturbation the models were trained on, on held-out clips, as in AVSBench-Robust).
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.store import FeatureStore
+from train.clips import ClipDataset, ClipItem
+
+NEGATIVE_TAGS = ("mute", "ambient", "offscreen")  # audio caches under which nothing visible sounds
+
+
+def check_negatives(negatives: Mapping[str, float] | None) -> dict[str, float]:
+    """The non-zero probabilities of ``data.train_negatives``; raises ValueError on a bad entry."""
+    out = {}
+    for tag, p in (negatives or {}).items():
+        if tag not in NEGATIVE_TAGS:
+            raise ValueError(f"data.train_negatives: unknown negative audio {tag!r}; use {list(NEGATIVE_TAGS)}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"data.train_negatives.{tag} = {p}: a probability in [0, 1]")
+        if float(p) > 0:
+            out[tag] = float(p)
+    if sum(out.values()) > 1.0 + 1e-9:
+        raise ValueError(f"data.train_negatives {out}: the probabilities sum to more than 1")
+    return out
+
+
+def negative_choice(uid: str, *, seed: int, epoch: int, probs: Mapping[str, float]) -> str | None:
+    """The negative audio tag of one training clip in one epoch (None = its own audio); a function of
+    (seed, epoch, uid) only."""
+    u = np.random.default_rng([seed, epoch, zlib.crc32(uid.encode())]).random()
+    edge = 0.0
+    for tag in NEGATIVE_TAGS:  # fixed order: the same probabilities always give the same draws
+        edge += probs.get(tag, 0.0)
+        if u < edge:
+            return tag
+    return None
+
+
+class NegativeAudioDataset(Dataset):
+    """The training :class:`ClipDataset` with negative audio swapped in for the drawn clips.
+
+    Items are addressed by ``(index, epoch)`` (:class:`train.clips.EpochShuffleSampler` with
+    ``with_epoch``) or a plain index (epoch 0). ``audio_dirs``: negative tag -> its audio cache
+    (checked by the data module); stores open lazily in each worker, like :class:`ClipDataset`.
+    """
+
+    def __init__(self, base: ClipDataset, *, audio_dirs: Mapping[str, Path], probs: Mapping[str, float], seed: int,
+                 expect_audio: Mapping | None = None, verify: bool = False) -> None:
+        self.base, self.probs, self.seed = base, dict(probs), seed
+        self.audio_dirs, self.expect_audio, self.verify = dict(audio_dirs), expect_audio, verify
+        self._stores: dict[str, FeatureStore] | None = None
+        self.uids = base.uids
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def negative_of(self, i: int, epoch: int) -> str | None:
+        return negative_choice(self.base.uids[i], seed=self.seed, epoch=epoch, probs=self.probs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> ClipItem:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        item = self.base[i]
+        tag = self.negative_of(i, epoch)
+        if tag is None:
+            return item
+        if self._stores is None:
+            self._stores = {t: FeatureStore(d, expect=self.expect_audio, verify=self.verify)
+                            for t, d in self.audio_dirs.items()}
+        store = self._stores[tag]
+        item.audio = store.clip(item.uid, "audio").float()
+        store.release()  # a few clips per epoch: resident memory stays bounded whatever the cache size
+        item.masks = torch.zeros_like(item.masks)  # nothing visible sounds; mask_valid is kept
+        if item.class_masks is not None:
+            item.class_masks = torch.zeros_like(item.class_masks)
+        if item.frame_labels is not None:
+            item.frame_labels = torch.zeros_like(item.frame_labels)
+        return item
