@@ -138,29 +138,58 @@ class GreedyDecoder:
         guard: stops a row whose tail loops.
         compact_slack: cache slots a step may carry beyond the longest row before the cache
             is compacted (slots of finished rows are reused, so the cache only grows).
+        prefill_rows: new prompts whose own tokens are computed in one forward (at most).
     """
 
     def __init__(self, model, *, eos_ids: set[int], max_new_tokens: int, batch_size: int,
                  grammar=None, guard: RepetitionGuard | None = None, compact_slack: int = 128,
-                 on_done: Callable[[int], None] | None = None):
+                 prefill_rows: int = 16, on_done: Callable[[int], None] | None = None):
         self.model, self.eos_ids = model, set(eos_ids)
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.grammar, self.guard, self.compact_slack = grammar, guard, compact_slack
+        self.prefill_rows = max(1, prefill_rows)  # new prompts prefilled in one forward (at most)
         self.on_done = on_done  # called with the prompt index when its answer is finished (progress bars)
         self.device = next(model.parameters()).device
-        self.stats = {"prefix_tokens": 0, "row_prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0}
+        self.stats = {"prefix_tokens": 0, "row_prefill_tokens": 0, "row_prefill_calls": 0, "decode_steps": 0,
+                      "decode_rows": 0}
 
     # -- one row -------------------------------------------------------------------------------
-    def _prefill(self, prefix_cache, prefix_len: int, prompt: list[int]):
-        """This prompt's own tokens on top of a copy of the shared prefix: (cache, last logits)."""
+    def _prefill(self, prefix_cache, prefix_len: int, prompts: list[list[int]]):
+        """Several prompts' own tokens in one forward, on top of the shared prefix.
+
+        The rows are right-padded to the longest own part (padding is masked and comes after a
+        row's real tokens, so causal attention never reads it) and share the prefix cache, which
+        ``torch.cat`` in the cache update copies once into the new rows. Returns the rows' cache
+        (row ``j`` holds ``len(prompts[j])`` real slots first) and each row's last-token logits
+        ``[len(prompts), V]``; the logits are computed for those tokens only.
+        """
         from transformers import DynamicCache
 
-        cache = copy.deepcopy(prefix_cache) if prefix_len else DynamicCache(config=self.model.config)
-        ids = torch.tensor([prompt[prefix_len:]], device=self.device)
-        pos = torch.arange(prefix_len, len(prompt), device=self.device)[None]
-        out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.stats["row_prefill_tokens"] += ids.shape[1]
-        return out.past_key_values, out.logits[:, -1].float()
+        n, own = len(prompts), [len(p) - prefix_len for p in prompts]
+        width = max(own)
+        if prefix_len:
+            cache = copy.copy(prefix_cache)
+            cache.layers = []
+            for layer in prefix_cache.layers:
+                row = copy.copy(layer)  # the shared prefix is not copied here, and never written
+                row.keys, row.values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
+                cache.layers.append(row)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        ids = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for j, p in enumerate(prompts):
+            ids[j, :own[j]] = torch.tensor(p[prefix_len:])
+            mask[j, prefix_len:prefix_len + own[j]] = 1
+        pos = torch.arange(prefix_len, prefix_len + width)[None].expand(n, -1)
+        hidden = self.model.base_model(input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+                                       attention_mask=mask.to(self.device) if n > 1 else None,
+                                       past_key_values=cache, use_cache=True).last_hidden_state
+        last = hidden[torch.arange(n, device=self.device), torch.tensor(own, device=self.device) - 1]
+        self.stats["row_prefill_tokens"] += sum(own)
+        self.stats["row_prefill_calls"] += 1
+        return cache, self.model.get_output_embeddings()(last).float()
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Greedy token per row after its grammar mask; ``logits`` ``[len(rows), V]``."""
@@ -197,8 +226,9 @@ class GreedyDecoder:
                                       f"cache has {kinds} (use the vllm backend for it)")
         return layers
 
-    def _place(self, batch, mask: torch.Tensor, slot: int, row_cache, n: int) -> torch.Tensor:
-        """Copy a prefilled row (``n`` slots) into batch slot ``slot``; returns the mask."""
+    def _place(self, batch, mask: torch.Tensor, slot: int, row_cache, n: int, src: int = 0) -> torch.Tensor:
+        """Copy row ``src`` of a prefill's cache (its first ``n`` slots) into batch slot ``slot``;
+        returns the mask."""
         layers, row_layers = self._layers(batch), self._layers(row_cache)
         width = layers[0].keys.shape[2]
         if n > width:  # the new row is longer than every slot: widen all rows with masked padding
@@ -207,10 +237,10 @@ class GreedyDecoder:
                 layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, 0, grow))
                 layer.values = torch.nn.functional.pad(layer.values, (0, 0, 0, grow))
             mask = torch.nn.functional.pad(mask, (0, grow))
-        for layer, src in zip(layers, row_layers):
-            layer.keys[slot, :, :n] = src.keys[0]
+        for layer, row in zip(layers, row_layers):
+            layer.keys[slot, :, :n] = row.keys[src, :, :n]
             layer.keys[slot, :, n:] = 0
-            layer.values[slot, :, :n] = src.values[0]
+            layer.values[slot, :, :n] = row.values[src, :, :n]
             layer.values[slot, :, n:] = 0
         mask[slot] = False
         mask[slot, :n] = True
@@ -267,22 +297,26 @@ class GreedyDecoder:
             batch = None
             mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)
             while pending or any(r is not None for r in rows):
-                # refill free slots; a row may finish on its first token
+                # refill free slots, their prompts prefilled together; a row may finish on its first token
                 while pending and (len(rows) < self.batch_size or None in rows):
-                    i = pending.popleft()
-                    row_cache, logits = self._prefill(prefix_cache, plen, prompts[i])
-                    row = _Row(prompt=i, length=len(prompts[i]),
-                               matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
-                    if self._accept(row, self._choose([row], logits)[0]):
-                        self._finish(results, row)
-                        continue
-                    if batch is None:
-                        batch = self._new_batch(row_cache, min(self.batch_size, len(prompts)))
-                        rows = [None] * min(self.batch_size, len(prompts))
-                        mask = torch.zeros((len(rows), row.length), dtype=torch.bool, device=self.device)
-                    slot = rows.index(None)
-                    mask = self._place(batch, mask, slot, row_cache, row.length)
-                    rows[slot] = row
+                    free = (self.batch_size - len(rows)) if batch is None else rows.count(None)
+                    take = [pending.popleft() for _ in range(min(free, len(pending), self.prefill_rows))]
+                    row_cache, logits = self._prefill(prefix_cache, plen, [prompts[i] for i in take])
+                    new = [_Row(prompt=i, length=len(prompts[i]),
+                                matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
+                           for i in take]
+                    for j, (row, token) in enumerate(zip(new, self._choose(new, logits))):
+                        if self._accept(row, token):
+                            self._finish(results, row)
+                            continue
+                        if batch is None:
+                            batch = self._new_batch(row_cache, min(self.batch_size, len(prompts)))
+                            rows = [None] * min(self.batch_size, len(prompts))
+                            mask = torch.zeros((len(rows), batch.layers[0].keys.shape[2]), dtype=torch.bool,
+                                               device=self.device)
+                        slot = rows.index(None)
+                        mask = self._place(batch, mask, slot, row_cache, row.length, j)
+                        rows[slot] = row
                 live = [k for k, r in enumerate(rows) if r is not None]
                 if not live:
                     continue
