@@ -22,7 +22,7 @@ from typing import Any, Callable
 from cues.hub import SMOLLM2, ResolvedModel, load_pretrained, resolve_model
 
 LLM_BACKENDS = ("transformers", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 Conversation = list[dict[str, str]]
 
 
@@ -74,8 +74,7 @@ class TransformersBackend(LLMBackend):
 
     def torch_dtype(self) -> str:
         """The compute dtype: ``auto`` is float16 on CUDA, bfloat16 on a CPU with native bf16
-        matmuls (AMX/AVX512-BF16: measured faster than float32 there), else float32. ``int8``:
-        float32 weights whose linear layers are then quantised dynamically (CPU only)."""
+        matmuls (AMX/AVX512-BF16: measured faster than float32 there), else float32."""
         if self.dtype_name != "auto":
             return self.dtype_name
         import torch
@@ -96,11 +95,8 @@ class TransformersBackend(LLMBackend):
         res = self.resolve()
         res.verify()  # the weight file's sha256, right before it is loaded
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        load_dtype = "float32" if self.torch_dtype() == "int8" else self.torch_dtype()
-        if self.torch_dtype() == "int8" and self.device != "cpu":
-            raise ValueError("--dtype int8 (dynamic quantisation of the linear layers) runs on the CPU only")
-        dtype = getattr(torch, load_dtype)
-        converted = converted_dir(res, load_dtype)
+        dtype = getattr(torch, self.torch_dtype())
+        converted = converted_dir(res, self.torch_dtype())
         if converted is not None and (converted / CONVERTED_MARK).exists():
             src, kw = ResolvedModel(str(converted), res.label), {}
         else:
@@ -114,8 +110,6 @@ class TransformersBackend(LLMBackend):
         if converted is not None and src is res:
             save_converted(self.model, self.tokenizer, converted)
         self.model = self.model.to(self.device)
-        if self.torch_dtype() == "int8":
-            self.model = quantize_int8(self.model)
         use_gqa_sdpa(self.model)
 
     def _grammar(self, schema: dict[str, Any]):
@@ -245,16 +239,6 @@ def save_converted(model, tokenizer, out: "Path") -> None:
         if qconfig is not None:
             model.config.quantization_config = qconfig
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def quantize_int8(model):
-    """The model with every ``nn.Linear`` (the output layer too) replaced by a dynamically quantised
-    int8 one: weights int8 per output channel, activations quantised per call (fbgemm, AVX2).
-    Greedy answers differ slightly from float32, so ``int8`` is its own dtype in the fingerprint."""
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def cpu_has_fast_bf16() -> bool:

