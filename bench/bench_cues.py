@@ -63,7 +63,7 @@ def flops_per_token(model) -> tuple[float, float]:
     return 2.0 * body, 2.0 * model.get_output_embeddings().weight.numel()
 
 
-def bench_llm(quick: bool, model: str | None = None) -> None:
+def bench_llm(quick: bool, model: str | None = None, batch: int | None = None) -> None:
     import torch
 
     from cues.backends import TransformersBackend
@@ -77,7 +77,7 @@ def bench_llm(quick: bool, model: str | None = None) -> None:
     captions = list(dict.fromkeys(m.frames["caption"]))[: 8 if quick else 32]
     cats = list(m.meta["categories"])
     t = load_template(PRESETS["cot"][1])
-    batch = DEFAULT_LLM_BATCH
+    batch = batch or DEFAULT_LLM_BATCH
     backend = TransformersBackend(model=model or DEFAULT_MODEL, max_new_tokens=32 if quick else DEFAULT_MAX_NEW_TOKENS)
     t0 = time.perf_counter()
     backend.load()
@@ -193,13 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="40-clip demo slice, fewer prompts and tokens")
     p.add_argument("--only", choices=("llm", "blip", "stage"), default=None)
     p.add_argument("--model", default=None, help="cue LLM (default: the cue stage's default model)")
+    p.add_argument("--llm-batch-size", type=int, default=None, help="batched run's size (default: the cue stage's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (e.g. 1 on a shared machine; the matmul peak is measured with as many)")
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if not (ROOT / "manifests" / "synthavs.parquet").exists():
         print("bench_cues needs the demo manifest: run `make data` first", file=sys.stderr)
         return 1
     for name, fn in (("blip", bench_blip), ("llm", bench_llm), ("stage", bench_stage)):
         if a.only in (None, name):
-            fn(a.quick, a.model) if name != "blip" else fn(a.quick)
+            if name == "llm":
+                fn(a.quick, a.model, a.llm_batch_size)
+            else:
+                fn(a.quick, a.model) if name != "blip" else fn(a.quick)
     return 0
 
 

@@ -4,9 +4,11 @@ Why not ``model.generate``: every cue prompt starts with the same system prompt 
 examples (about 410 of the ~530 tokens of a ``cot-v1`` prompt), which ``generate`` recomputes
 for every prompt, and a ``generate`` batch runs until its longest row stops, so one looping
 answer keeps the finished rows of its batch busy. Here the shared prefix is computed once and
-copied into each new row's cache, each row's own tail (the caption part) is computed on its
-own, a finished row's slot takes the next prompt at once, and the rows in flight share one
-forward per step.
+every row attends to its keys and values in place (an attention function that reads them beside
+the row's own cache; nothing of the prefix is copied per row, so the batch cache holds only the
+rows' own ~30 prompt tokens and their answers), new rows' own tokens are prefilled together, a
+finished row's slot takes the next prompt at once, and the rows in flight share one forward per
+step.
 
 Rows never see each other: a row's keys sit in its own slots (masked padding elsewhere), its
 positions are explicit, and its grammar matcher and :class:`RepetitionGuard` read only its own
@@ -15,6 +17,7 @@ tokens, so a prompt's greedy output does not depend on the batch size (tests che
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 from collections import deque
@@ -25,6 +28,30 @@ import torch
 
 
 GQA_SDPA = "sdpa_gqa"
+# The shared prompt prefix's keys and values per layer ([1, kv_heads, P, head_dim] each), set by
+# GreedyDecoder around its row forwards: every row attends to them without holding a copy.
+_SHARED_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar("shared_prefix", default=None)
+
+
+def _attend_with_prefix(query, key, value, mask, prefix_k, prefix_v, scale: float | None):
+    """Attention of ``query`` [B, H, L, d] over the shared prefix (all of it) and the rows' own
+    keys ``key`` [B, Hkv, S, d] (``mask`` [B, 1, L, S] bool, or None = causal): one softmax over both.
+
+    Grouped-query heads are folded into the query length, so neither the prefix nor the rows'
+    keys are expanded or copied; for one new token per row the scores are a few small matmuls.
+    """
+    b, h, length, d = query.shape
+    hkv, s = key.shape[1], key.shape[2]
+    g = h // hkv
+    q = query.reshape(b, hkv, g * length, d)  # head i uses kv head i // g
+    if mask is None:  # the rows' last ``length`` keys are the queries themselves
+        mask = torch.ones((length, s), dtype=torch.bool, device=query.device).tril(s - length)[None, None]
+    mask = mask.expand(b, 1, length, s)[:, :, None].expand(b, 1, g, length, s).reshape(b, 1, g * length, s)
+    scores = torch.cat([q @ prefix_k.transpose(-1, -2), (q @ key.transpose(-1, -2)).masked_fill(~mask, float("-inf"))], -1)
+    probs = torch.softmax(scores * (scale if scale is not None else d ** -0.5), dim=-1)
+    p = prefix_k.shape[2]
+    out = probs[..., :p] @ prefix_v + probs[..., p:] @ value
+    return out.reshape(b, h, length, d).transpose(1, 2).contiguous()
 
 
 def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -35,6 +62,12 @@ def _sdpa_gqa(module, query, key, value, attention_mask, dropout: float = 0.0, s
     copy of the whole cache per layer and step; at 16 rows x 650 slots that copy was ~5x the
     attention itself on CPU. ``enable_gqa`` gives the same numbers without it.
     """
+    prefix = _SHARED_PREFIX.get()
+    if prefix is not None:
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            raise ValueError("the shared-prefix attention expects a boolean mask")
+        pk, pv = prefix[module.layer_idx]
+        return _attend_with_prefix(query, key, value, attention_mask, pk, pv, scaling), None
     q_len, kv_len = query.shape[2], key.shape[2]
     is_causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None
                                                           else getattr(module, "is_causal", True))
@@ -122,7 +155,8 @@ def _slot_layer_class():
 @dataclass
 class _Row:
     prompt: int             # index into the prompts
-    length: int             # cache slots holding this row's real tokens = position id of the next token fed in
+    length: int             # tokens so far (prefix included) = position id of the next token fed in
+    slots: int = 0          # cache slots holding this row's own tokens (the shared prefix is not in the cache)
     tokens: list[int] = field(default_factory=list)
     matcher: Any = None     # xgrammar GrammarMatcher, or None without a schema
 
@@ -138,29 +172,54 @@ class GreedyDecoder:
         guard: stops a row whose tail loops.
         compact_slack: cache slots a step may carry beyond the longest row before the cache
             is compacted (slots of finished rows are reused, so the cache only grows).
+        prefill_rows: new prompts whose own tokens are computed in one forward (at most).
     """
 
     def __init__(self, model, *, eos_ids: set[int], max_new_tokens: int, batch_size: int,
                  grammar=None, guard: RepetitionGuard | None = None, compact_slack: int = 128,
-                 on_done: Callable[[int], None] | None = None):
+                 prefill_rows: int = 16, on_done: Callable[[int], None] | None = None):
         self.model, self.eos_ids = model, set(eos_ids)
         self.max_new_tokens, self.batch_size = max_new_tokens, max(1, batch_size)
         self.grammar, self.guard, self.compact_slack = grammar, guard, compact_slack
+        self.prefill_rows = max(1, prefill_rows)  # new prompts prefilled in one forward (at most)
         self.on_done = on_done  # called with the prompt index when its answer is finished (progress bars)
         self.device = next(model.parameters()).device
-        self.stats = {"prefix_tokens": 0, "row_prefill_tokens": 0, "decode_steps": 0, "decode_rows": 0}
+        self.stats = {"prefix_tokens": 0, "row_prefill_tokens": 0, "row_prefill_calls": 0, "decode_steps": 0,
+                      "decode_rows": 0}
 
     # -- one row -------------------------------------------------------------------------------
-    def _prefill(self, prefix_cache, prefix_len: int, prompt: list[int]):
-        """This prompt's own tokens on top of a copy of the shared prefix: (cache, last logits)."""
+    def _prefill(self, prefix, prefix_len: int, prompts: list[list[int]]):
+        """Several prompts' own tokens in one forward, attending to the shared prefix.
+
+        The rows are right-padded to the longest own part (padding is masked and comes after a
+        row's real tokens, so causal attention never reads it). Their cache holds their own
+        tokens only: the prefix's keys and values (``prefix``, per layer) are read in place by
+        the attention (:func:`_attend_with_prefix`). Returns the rows' cache (row ``j`` holds its
+        ``len(prompts[j]) - prefix_len`` real slots first) and each row's last-token logits
+        ``[len(prompts), V]``, computed for those tokens only.
+        """
         from transformers import DynamicCache
 
-        cache = copy.deepcopy(prefix_cache) if prefix_len else DynamicCache(config=self.model.config)
-        ids = torch.tensor([prompt[prefix_len:]], device=self.device)
-        pos = torch.arange(prefix_len, len(prompt), device=self.device)[None]
-        out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.stats["row_prefill_tokens"] += ids.shape[1]
-        return out.past_key_values, out.logits[:, -1].float()
+        n, own = len(prompts), [len(p) - prefix_len for p in prompts]
+        width = max(own)
+        ids = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for j, p in enumerate(prompts):
+            ids[j, :own[j]] = torch.tensor(p[prefix_len:])
+            mask[j, :own[j]] = 1
+        pos = torch.arange(prefix_len, prefix_len + width)[None].expand(n, -1)
+        cache = DynamicCache(config=self.model.config)
+        token = _SHARED_PREFIX.set(prefix)
+        try:
+            hidden = self.model.base_model(input_ids=ids.to(self.device), position_ids=pos.to(self.device),
+                                           attention_mask=mask.to(self.device), past_key_values=cache,
+                                           use_cache=True).last_hidden_state
+        finally:
+            _SHARED_PREFIX.reset(token)
+        last = hidden[torch.arange(n, device=self.device), torch.tensor(own, device=self.device) - 1]
+        self.stats["row_prefill_tokens"] += sum(own)
+        self.stats["row_prefill_calls"] += 1
+        return cache, self.model.get_output_embeddings()(last).float()
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Greedy token per row after its grammar mask; ``logits`` ``[len(rows), V]``."""
@@ -197,8 +256,9 @@ class GreedyDecoder:
                                       f"cache has {kinds} (use the vllm backend for it)")
         return layers
 
-    def _place(self, batch, mask: torch.Tensor, slot: int, row_cache, n: int) -> torch.Tensor:
-        """Copy a prefilled row (``n`` slots) into batch slot ``slot``; returns the mask."""
+    def _place(self, batch, mask: torch.Tensor, slot: int, row_cache, n: int, src: int = 0) -> torch.Tensor:
+        """Copy row ``src`` of a prefill's cache (its first ``n`` slots) into batch slot ``slot``;
+        returns the mask."""
         layers, row_layers = self._layers(batch), self._layers(row_cache)
         width = layers[0].keys.shape[2]
         if n > width:  # the new row is longer than every slot: widen all rows with masked padding
@@ -207,10 +267,10 @@ class GreedyDecoder:
                 layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, 0, grow))
                 layer.values = torch.nn.functional.pad(layer.values, (0, 0, 0, grow))
             mask = torch.nn.functional.pad(mask, (0, grow))
-        for layer, src in zip(layers, row_layers):
-            layer.keys[slot, :, :n] = src.keys[0]
+        for layer, row in zip(layers, row_layers):
+            layer.keys[slot, :, :n] = row.keys[src, :, :n]
             layer.keys[slot, :, n:] = 0
-            layer.values[slot, :, :n] = src.values[0]
+            layer.values[slot, :, :n] = row.values[src, :, :n]
             layer.values[slot, :, n:] = 0
         mask[slot] = False
         mask[slot, :n] = True
@@ -232,7 +292,7 @@ class GreedyDecoder:
 
     def _compact(self, batch, mask: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """Move each row's real slots to the front and drop the all-padding tail."""
-        width = max(r.length for r in rows)
+        width = max(r.slots for r in rows)
         order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]  # real slots first, in order
         for layer in self._layers(batch):
             idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
@@ -256,33 +316,39 @@ class GreedyDecoder:
 
         results: list[list[int] | None] = [None] * len(prompts)
         with torch.inference_mode():
-            plen = shared_prefix_len(prompts)
-            prefix_cache = None
+            # the prefix is shared through the attention function, so only with it (else computed per row)
+            plen = shared_prefix_len(prompts) if self.model.config._attn_implementation == GQA_SDPA else 0
+            prefix = None
             if plen:
                 ids = torch.tensor([prompts[0][:plen]], device=self.device)
-                prefix_cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+                cache = self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+                prefix = [(layer.keys, layer.values) for layer in self._layers(cache)]
                 self.stats["prefix_tokens"] += plen
             pending = deque(range(len(prompts)))
             rows: list[_Row | None] = []    # one per batch slot; None = free
             batch = None
             mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)
             while pending or any(r is not None for r in rows):
-                # refill free slots; a row may finish on its first token
+                # refill free slots, their prompts prefilled together; a row may finish on its first token
                 while pending and (len(rows) < self.batch_size or None in rows):
-                    i = pending.popleft()
-                    row_cache, logits = self._prefill(prefix_cache, plen, prompts[i])
-                    row = _Row(prompt=i, length=len(prompts[i]),
-                               matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
-                    if self._accept(row, self._choose([row], logits)[0]):
-                        self._finish(results, row)
-                        continue
-                    if batch is None:
-                        batch = self._new_batch(row_cache, min(self.batch_size, len(prompts)))
-                        rows = [None] * min(self.batch_size, len(prompts))
-                        mask = torch.zeros((len(rows), row.length), dtype=torch.bool, device=self.device)
-                    slot = rows.index(None)
-                    mask = self._place(batch, mask, slot, row_cache, row.length)
-                    rows[slot] = row
+                    free = (self.batch_size - len(rows)) if batch is None else rows.count(None)
+                    take = [pending.popleft() for _ in range(min(free, len(pending), self.prefill_rows))]
+                    row_cache, logits = self._prefill(prefix, plen, [prompts[i] for i in take])
+                    new = [_Row(prompt=i, length=len(prompts[i]), slots=len(prompts[i]) - plen,
+                                matcher=xgr.GrammarMatcher(self.grammar) if self.grammar is not None else None)
+                           for i in take]
+                    for j, (row, token) in enumerate(zip(new, self._choose(new, logits))):
+                        if self._accept(row, token):
+                            self._finish(results, row)
+                            continue
+                        if batch is None:
+                            batch = self._new_batch(row_cache, min(self.batch_size, len(prompts)))
+                            rows = [None] * min(self.batch_size, len(prompts))
+                            mask = torch.zeros((len(rows), batch.layers[0].keys.shape[2]), dtype=torch.bool,
+                                               device=self.device)
+                        slot = rows.index(None)
+                        mask = self._place(batch, mask, slot, row_cache, row.slots, j)
+                        rows[slot] = row
                 live = [k for k, r in enumerate(rows) if r is not None]
                 if not live:
                     continue
@@ -290,17 +356,21 @@ class GreedyDecoder:
                     keep = torch.tensor(live, device=self.device)
                     batch.batch_select_indices(keep)
                     mask, rows = mask[keep], [rows[k] for k in live]
-                if mask.shape[1] > max(r.length for r in rows) + self.compact_slack:
+                if mask.shape[1] > max(r.slots for r in rows) + self.compact_slack:
                     mask = self._compact(batch, mask, rows)
                 ids = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
                 pos = torch.tensor([[r.length] for r in rows], device=self.device)
                 mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.bool, device=self.device)], 1)
-                out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask.long(), past_key_values=batch,
-                                 use_cache=True)
+                token = _SHARED_PREFIX.set(prefix)
+                try:
+                    out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask.long(),
+                                     past_key_values=batch, use_cache=True)
+                finally:
+                    _SHARED_PREFIX.reset(token)
                 self.stats["decode_steps"] += 1
                 self.stats["decode_rows"] += len(rows)
                 for k, (r, token) in enumerate(zip(rows, self._choose(rows, out.logits[:, -1].float()))):
-                    r.length += 1
+                    r.length, r.slots = r.length + 1, r.slots + 1
                     if self._accept(r, token):
                         self._finish(results, r)
                         rows[k] = None  # its slot's mask is reset when refilled, or the slot dropped

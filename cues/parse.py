@@ -224,5 +224,36 @@ def reasoning_verdicts(text: str) -> list[tuple[str, bool]] | None:
     reasoning = obj.get("reasoning") if isinstance(obj, dict) else None
     if not isinstance(reasoning, str):
         return None
+    return _verdicts_of(reasoning)
+
+
+def _verdicts_of(reasoning: str) -> list[tuple[str, bool]] | None:
     found = [(m.group(1).strip(), m.group(2) == "sounds") for m in map(_VERDICT.match, reasoning.split(";")) if m]
     return found or None
+
+
+_REASONING_FIELD = re.compile(r'"reasoning"\s*:\s*"([^"]*)', re.S)
+
+
+def parse_verdicts(text: str) -> ParseResult:
+    """The cues of a ``verdicts`` answer (``{"reasoning": "a: ..., sounds; b: ..., silent"}``, no
+    list): the objects judged "sounds". ``ok`` when the JSON is valid, ``repaired`` when the
+    reasoning had to be cut out of broken JSON (a truncated answer), else ``malformed``; an answer
+    whose every verdict is "silent" is readable with no item (the stage calls it ``empty``).
+
+    >>> parse_verdicts('{"reasoning": "dog: asleep, silent; bell: swinging, sounds"}')
+    ParseResult(items=['bell'], status='ok', note='')
+    >>> parse_verdicts('{"reasoning": "dog: barking, sounds; cat: asle').status
+    'repaired'
+    """
+    if not isinstance(text, str):
+        return ParseResult([], "malformed", "empty output")
+    found = reasoning_verdicts(text)
+    status, note = "ok", ""
+    if found is None:
+        m = _REASONING_FIELD.search(text[:MAX_CHARS])
+        found = _verdicts_of(m.group(1)) if m else None
+        status, note = "repaired", "verdicts read from broken JSON"
+    if found is None:
+        return ParseResult([], "malformed", "no 'object: ..., sounds|silent' verdict found")
+    return ParseResult([name for name, sounds in found if sounds], status, note)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from cues.backends import LLMBackend
 from cues.memo import Memo, memo_key
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, normalize_cues
-from cues.parse import parse_answer, reasoning_verdicts
+from cues.parse import parse_answer, parse_verdicts, reasoning_verdicts
 from cues.templates import ANSWER_KEY, OUTPUTS, PromptTemplate, answer_schema
 from pipeline.fingerprint import canonical_json, text_hash
 
@@ -84,7 +84,7 @@ class LLMCues:
         return self._settings
 
     def config(self) -> dict[str, Any]:
-        answer = "reasoning verdicts" if self.template.output == "reason" else ANSWER_KEY
+        answer = "reasoning verdicts" if self.template.output in ("reason", "verdicts") else ANSWER_KEY
         return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
                 "map_to_vocabulary": self.closed, "normalization": NORMALIZATION_VERSION}
 
@@ -108,7 +108,8 @@ class LLMCues:
         vocab = self.prompt_vocabulary
         raws = self.backend.chat([self.template.messages(c, vocab) for c in captions], self.schema(self.template.fields),
                                  on_answer)
-        results = [{"raw_output": r, "repair_output": "", **vars(parse_answer(r))} for r in raws]
+        parse = parse_verdicts if self.template.output == "verdicts" else parse_answer
+        results = [{"raw_output": r, "repair_output": "", **vars(parse(r))} for r in raws]
         bad = [i for i, r in enumerate(results) if r["status"] == "malformed"]
         if self.repair and bad:
             convs = [self.template.repair_messages(captions[i], results[i]["raw_output"], vocab) for i in bad]

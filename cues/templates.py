@@ -33,9 +33,15 @@ REQUIRED = {"system": set(), "user": {"caption"}, "repair": {"caption", "raw_out
 ALLOWED = {"system": {"vocabulary_hint"}, "user": {"caption", "vocabulary_hint"},
            "repair": {"caption", "raw_output", "vocabulary_hint"}}
 # ``reason``: one reasoning string (a verdict per object) before the answer; ``cot``: the
-# objects listed, then the reasoning, then the answer; ``direct``: the answer only.
+# objects listed, then the reasoning, then the answer; ``verdicts``: the reasoning only (the cues
+# are the objects it judges "sounds", so no list is generated); ``direct``: the answer only.
 OUTPUTS = {"cot": ("visible_objects", "reasoning", "sounding_objects"), "reason": ("reasoning", "sounding_objects"),
-           "direct": ("sounding_objects",)}
+           "verdicts": ("reasoning",), "direct": ("sounding_objects",)}
+# A ``verdicts`` reasoning is held to "object: what it does, sounds|silent" parts joined by "; ",
+# so a small model cannot merge several objects into one verdict ("guitar: held, trumpet: held,
+# silent") or leave one without a verdict.
+_PART = r"[A-Za-z][A-Za-z' -]{0,23}: [^:;,\"\\\n]{1,60}, (sounds|silent)"
+VERDICTS_PATTERN = rf"^{_PART}(; {_PART}){{0,5}}$"
 ANSWER_KEY = "sounding_objects"
 
 
@@ -158,7 +164,8 @@ def answer_schema(fields: tuple[str, ...], vocabulary: list[str] | None, *, max_
     name = {"type": "string", "enum": list(vocabulary)} if vocabulary else free
     props = {
         "visible_objects": {"type": "array", "items": free, "maxItems": max_visible},
-        "reasoning": {"type": "string", "maxLength": max_reasoning_chars},
+        "reasoning": ({"type": "string", "pattern": VERDICTS_PATTERN} if ANSWER_KEY not in fields
+                      else {"type": "string", "maxLength": max_reasoning_chars}),
         "sounding_objects": {"type": "array", "items": name, "maxItems": max_cues},
     }
     return {"type": "object", "properties": {f: props[f] for f in fields}, "required": list(fields),

@@ -55,8 +55,9 @@ def test_shared_prefix_len():
     assert shared_prefix_len([[1, 2, 3]]) == 0 and shared_prefix_len([[4, 2], [1, 2]]) == 0
 
 
-@pytest.mark.parametrize("batch_size,compact_slack", [(1, 128), (3, 128), (3, 0), (16, 2)])
-def test_decoder_equals_generate(models, batch_size, compact_slack):
+@pytest.mark.parametrize("batch_size,compact_slack,prefill_rows", [(1, 128, 16), (3, 128, 16), (3, 0, 1), (16, 2, 16),
+                                                                    (16, 2, 1), (16, 128, 3)])
+def test_decoder_equals_generate(models, batch_size, compact_slack, prefill_rows):
     reference, ours = models
     prompts = prompts_with_shared_prefix(7)
     # End tokens that the random model does emit, so rows finish at different steps and slots are refilled.
@@ -64,8 +65,14 @@ def test_decoder_equals_generate(models, batch_size, compact_slack):
     eos = frequent_tokens(free, 3)[1:]
     want = reference_answers(reference, prompts, max_new_tokens=12, eos=eos)
     assert len({len(a) for a in want}) > 2, "test needs answers of different lengths"
-    dec = GreedyDecoder(ours, eos_ids=set(eos), max_new_tokens=12, batch_size=batch_size, compact_slack=compact_slack)
-    assert dec(prompts) == want
+    dec = GreedyDecoder(ours, eos_ids=set(eos), max_new_tokens=12, batch_size=batch_size, compact_slack=compact_slack,
+                        prefill_rows=prefill_rows)
+    assert dec(prompts) == want  # new rows' own tokens prefilled together (right-padded) or one at a time
+    # prompts of different own lengths share a prefill forward when the batch has room for them
+    if min(batch_size, prefill_rows) == 1:
+        assert dec.stats["row_prefill_calls"] == 7
+    if batch_size == 16 and prefill_rows == 16:
+        assert dec.stats["row_prefill_calls"] == 1
     assert dec.stats["prefix_tokens"] == shared_prefix_len(prompts) == 20
     assert dec.stats["row_prefill_tokens"] == sum(len(p) for p in prompts) - 7 * 20
     # each generated token but a row's last is fed back once (an end token is generated, not kept)
@@ -81,6 +88,7 @@ def test_prompts_without_shared_prefix_and_longer_newcomers(models):
     prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (3, 5, 30, 4, 41, 2)]
     want = reference_answers(reference, prompts, max_new_tokens=6, eos=[2])
     assert GreedyDecoder(ours, eos_ids={2}, max_new_tokens=6, batch_size=2)(prompts) == want
+    assert GreedyDecoder(ours, eos_ids={2}, max_new_tokens=6, batch_size=6)(prompts) == want  # one padded prefill
 
 
 def test_repetition_guard_stops_a_row_without_touching_others(models):

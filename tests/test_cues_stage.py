@@ -203,6 +203,33 @@ def test_active_cues_are_the_objects_drawn_active(world, capsys):
     assert rep["recall"] == 1.0 and rep["precision"] < 1.0  # every source is drawn active, not every active object sounds
 
 
+def test_verdicts_answers_have_no_list_and_count_as_ok_empty_or_repaired(world):
+    """cot-v3: the answer is the verdicts alone; a truncated one is repaired, one with no verdict is
+    asked again with the repair prompt (which asks for the plain list)."""
+    def answer(prompt):
+        if "previous answer" in prompt:  # the repair prompt (it lists every name, so it is matched first)
+            return '{"sounding_objects": ["drums"]}'
+        if "guitar" in prompt:
+            return '{"reasoning": "man: singing, sounds; guitar: being played, sounds; dog: asleep, silent"}'
+        if "woman" in prompt:
+            return '{"reasoning": "woman: singing, sounds; piano: clo'  # cut off mid-verdict
+        if "drum" in prompt:
+            return '{"reasoning": "a drum"}'  # no verdict: the repair prompt answers
+        return '{"reasoning": "dog: asleep, silent"}'
+
+    llm = FakeLLM(answer)
+    src = LLMCues(load_template("cot-v3"), llm, dataset_vocabulary(world["m"]), Memo(world["tmp"] / "memo3"))
+    assert src.config()["answer"] == "reasoning verdicts"
+    rows = read_stage(_run(world, src).out_dir)
+    by_caption = rows.groupby("caption").first()
+    got = by_caption["cues"].map(list).to_dict()
+    status = by_caption["parse_status"].to_dict()
+    assert got[SCENES[0][0]] == ["man", "guitar"] and status[SCENES[0][0]] == "ok"
+    assert got[SCENES[1][0]] == ["woman"] and status[SCENES[1][0]] == "repaired"
+    assert got[SCENES[2][0]] == ["drums"] and status[SCENES[2][0]] == "repaired"
+    assert sum("previous answer" in p for p in llm.prompts) == 1
+
+
 def test_reason_answers_are_read_from_the_verdicts(world):
     """cot-v2: the cues are the objects the reasoning judges "sounds", not the list after it."""
     def answer(prompt):

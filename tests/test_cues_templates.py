@@ -1,11 +1,12 @@
 """Prompt templates: rendering, versioning in the fingerprint, errors before any model loads."""
+import json
 import shutil
 
 import pytest
 
 from cues.backends import TransformersBackend
 from cues.memo import Memo
-from cues.normalize import Vocabulary
+from cues.normalize import Vocabulary, normalize_cue
 from cues.sources import LLMCues
 from cues.templates import PROMPT_DIR, TemplateError, answer_schema, load_template
 from pipeline.cues import CueStage, parse_sets, run_cues
@@ -44,6 +45,30 @@ def test_v2_templates_keep_everything_but_the_caption_in_the_shared_prefix():
         assert shared_prefix_len([list(ta), list(tb)]) >= len(repr(a[:-1]))
     assert answer_schema(load_template("cot-v2").fields, vocab)["properties"]["reasoning"]["maxLength"] == 100
     assert load_template("cot-v2").max_reasoning_chars > 100
+
+
+def test_v3_templates_share_rules_and_examples_and_cot_answers_with_verdicts_only():
+    """cot-v3 answers with its verdicts alone (no list), held to "object: state, sounds|silent" parts;
+    direct-v3 asks the same captions with the same rules, answer only."""
+    import re
+
+    from cues.parse import parse_verdicts
+
+    cot, direct = load_template("cot-v3"), load_template("direct-v3")
+    assert cot.fields == ("reasoning",) and direct.fields == ("sounding_objects",)
+    assert [c for c, _ in cot.examples] == [c for c, _ in direct.examples]
+    assert len(cot.examples) >= 5
+    pattern = answer_schema(cot.fields, ["drums"])["properties"]["reasoning"]["pattern"]
+    for (_, answer), (_, listed) in zip(cot.examples, direct.examples):
+        reasoning = json.loads(answer)["reasoning"]
+        assert re.fullmatch(pattern, reasoning), reasoning  # every worked example obeys the schema
+        assert [normalize_cue(c) for c in parse_verdicts(answer).items] == \
+            [normalize_cue(c) for c in json.loads(listed)["sounding_objects"]]  # and agrees with direct's answer
+    # one verdict per object: two objects merged into one verdict, or one without a verdict, do not match
+    assert not re.fullmatch(pattern, "guitar: being held, trumpet: being held, silent")
+    assert not re.fullmatch(pattern, "guitar: being held; trumpet: lying, silent")
+    assert re.fullmatch(pattern, "phone: screen on, sounds")
+    assert "{" not in cot.messages("a dog", ["dog"])[0]["content"]
 
 
 def test_cot_schema_puts_reasoning_before_the_answer():
