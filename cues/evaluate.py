@@ -20,6 +20,7 @@ A cue outside the vocabulary counts as a false positive.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -79,9 +80,17 @@ def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = Tr
     truth = manifest.frames
     report = {}
     for tag, d in dirs.items():
+        card = read_card(d)
+        # The report of a finished set is a function of its card (rewritten whenever rows are added
+        # or healed) and the manifest: an unchanged pair reuses the report written beside the cache,
+        # so a second `make cues` does not score every row again.
+        key = hashlib.sha256(json.dumps([card, manifest.fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        saved = _saved_report(report_path(d), key) if not verify else None
+        if saved is not None:
+            report[tag] = {**saved, "dir": str(d)}
+            continue
         rows = read_stage(d, verify=verify)
         rows = rows[rows[FAILURE] == ""]
-        card = read_card(d)
         res = cue_quality(rows, truth, vocab)
         res["memo_hit_rate"] = round(card["memo"]["hit_rate"], 4) if "memo" in card else None
         res["model"] = card["config"].get("llm", {}).get("model", card["config"].get("source"))
@@ -90,10 +99,20 @@ def evaluate_dirs(dirs: dict[str, Path], manifest: Manifest, *, write: bool = Tr
         res["by_subset"] = {s: cue_quality(rows[rows["uid"].map(subset) == s], truth, vocab)
                             for s in sorted(set(rows["uid"].map(subset).dropna()))}
         res["dir"] = str(d)
+        res["inputs_key"] = key
         if write:
             report_path(d).write_text(json.dumps(res, indent=2))
         report[tag] = res
     return report
+
+
+def _saved_report(path: Path, key: str) -> dict[str, Any] | None:
+    """The report at ``path`` when it was computed from the same inputs (``inputs_key``), else None."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent or damaged: scored again (and rewritten)
+    return saved if isinstance(saved, dict) and saved.get("inputs_key") == key else None
 
 
 def format_table(report: dict[str, dict[str, Any]]) -> str:

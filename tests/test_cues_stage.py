@@ -130,6 +130,29 @@ def test_run_cues_prints_table_and_writes_reports(world, capsys):
     assert len(read_cues(world["cache"], "tiny", "vocab")) == 24
 
 
+def test_second_evaluation_reuses_the_report_until_card_or_manifest_change(world, monkeypatch):
+    """A finished set's quality report is reused while its card and the manifest are unchanged
+    (a second `make cues` scores nothing); a changed card is scored again."""
+    import cues.evaluate as ev
+    from pipeline.cues import main
+
+    argv = ["--dataset", "tiny", "--manifest", str(world["manifest"]), "--cache-root", str(world["cache"]),
+            "--sets", "oracle", "--no-progress"]
+    main(argv)
+    d = read_card_dir(world, "oracle")
+    first = json.loads(report_path(d).read_text())
+    calls = []
+    real = ev.cue_quality
+    monkeypatch.setattr(ev, "cue_quality", lambda *a, **k: calls.append(1) or real(*a, **k))
+    main(argv)
+    assert calls == [] and json.loads(report_path(d).read_text()) == first
+    card = json.loads((d / "card.json").read_text())
+    card["healed_note"] = "rows were recomputed"
+    (d / "card.json").write_text(json.dumps(card))
+    main(argv)
+    assert calls and json.loads(report_path(d).read_text())["inputs_key"] != first["inputs_key"]
+
+
 def read_card_dir(world, tag):
     return latest(world["cache"], "tiny", "cues", tag)
 
