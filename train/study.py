@@ -186,7 +186,8 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
                 results.append(json.loads(f.read_text()))
     meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs), "cues": cues or "config",
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
-            "runs_dir": str(runs_dir), "split": split}
+            "runs_dir": str(runs_dir), "split": split,
+            "load_average_15min": round(os.getloadavg()[2], 1)}  # how busy the machine was, for the wall time
     return write_study(results, Path(out_dir), meta)
 
 

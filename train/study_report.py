@@ -90,8 +90,11 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
     wall = meta["wall_seconds"] / 60
     lines = ["# Multi-seed study", "",
              f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
-             f"{meta['jobs']} jobs side by side, cue set `{meta.get('cues', 'config')}`; wall time {wall:.1f} min "
-             "(on a shared, loaded machine). "
+             f"{meta['jobs']} jobs side by side, cue set "
+             + (f"`{meta['cues']}`" if meta.get("cues", "config") != "config" else "of the data config (`cot` by default)")
+             + f"; wall time {wall:.1f} min"
+             + (f" (15-min load average at the end: {meta['load_average_15min']})" if "load_average_15min" in meta else "")
+             + ". "
              + ("Validation split (for choosing settings). " if meta.get("split") == "val" else
                 "Test split, only scored (each run keeps its best-validation checkpoint). ") + "Values in %; "
              "mean ± std over seeds.", ""]
