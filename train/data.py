@@ -163,18 +163,28 @@ class AVSDataModule(pl.LightningDataModule):
             self._stores = stores
         return self._spec
 
+    @staticmethod
+    def _array_shape(store: FeatureStore, kind: str, key: str) -> tuple[int, ...]:
+        """Shape of cached array ``key`` per the card; a missing array is an error naming the cache."""
+        shapes = store.card.get("arrays", {})
+        if key not in shapes:
+            raise FeatureCacheError(f"{store.dir}: {kind} cache has no array '{key}' "
+                                    f"(it has {sorted(shapes)}); check data.levels or rebuild the features")
+        return tuple(shapes[key]["shape"])
+
+    def _check_audio_dim(self, store: FeatureStore, kind: str = "audio") -> None:
+        """Audio width must equal ``audio_dim`` (clean and negative audio caches alike)."""
+        width = self._array_shape(store, kind, "audio")[-1]
+        if self.audio_dim is not None and width != self.audio_dim:
+            raise FeatureCacheError(f"{store.dir}: {kind} features are {width}-d, "
+                                    f"the model is configured for audio_dim={self.audio_dim}")
+
     def _check_dims(self, stores: dict[str, FeatureStore]) -> None:
         """Cached widths must equal the configured (model-linked) ones; say which and where."""
         def width(kind: str, key: str) -> tuple[int, ...]:
-            shapes = stores[kind].card.get("arrays", {})
-            if key not in shapes:
-                raise FeatureCacheError(f"{stores[kind].dir}: {kind} cache has no array '{key}' "
-                                        f"(it has {sorted(shapes)}); check data.levels or rebuild the features")
-            return tuple(shapes[key]["shape"])
+            return self._array_shape(stores[kind], kind, key)
 
-        if self.audio_dim is not None and width("audio", "audio")[-1] != self.audio_dim:
-            raise FeatureCacheError(f"{stores['audio'].dir}: audio features are {width('audio', 'audio')[-1]}-d, "
-                                    f"the model is configured for audio_dim={self.audio_dim}")
+        self._check_audio_dim(stores["audio"])
         for lvl, ch in zip(self.levels, self.visual_channels or [None] * len(self.levels)):
             c = width("visual", f"vis_{lvl}")[0]
             if ch is not None and c != ch:
@@ -240,10 +250,7 @@ class AVSDataModule(pl.LightningDataModule):
                     f"data.train_negatives; build it with `make features CACHE={self.cache_root}` (it writes the "
                     f"perturbed audio caches) or drop '{tag}' from data.train_negatives") from None
             stores[f"{tag} audio"] = FeatureStore(dirs[tag], expect=self.expect["audio"], verify=self.verify_shards)
-            width = tuple(stores[f"{tag} audio"].card.get("arrays", {}).get("audio", {}).get("shape", ()))[-1:]
-            if self.audio_dim is not None and width != (self.audio_dim,):
-                raise FeatureCacheError(f"{dirs[tag]}: {tag} audio features are {width}-d, the model is configured "
-                                        f"for audio_dim={self.audio_dim}")
+            self._check_audio_dim(stores[f"{tag} audio"], f"{tag} audio")
         self._check_coverage(clips, "train", stores)
         return dirs
 
