@@ -85,8 +85,11 @@ class LLMCues:
 
     def config(self) -> dict[str, Any]:
         answer = "reasoning verdicts" if self.template.output in ("reason", "verdicts") else ANSWER_KEY
+        # The synonym table maps the answers' names onto the categories after the memo, so an edit
+        # to it changes the cues (not the raw answers): it is in the fingerprint, not the memo key.
+        vocab_hash = text_hash(canonical_json(self.vocabulary.table)) if self.closed else None
         return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
-                "map_to_vocabulary": self.closed, "normalization": NORMALIZATION_VERSION}
+                "map_to_vocabulary": self.closed, "vocabulary_hash": vocab_hash, "normalization": NORMALIZATION_VERSION}
 
     def items(self, res: dict[str, Any]) -> list[str]:
         """The cue phrases of an answer. A ``reason`` answer's are the objects its reasoning

@@ -47,3 +47,10 @@ def test_find_in_text_prefers_longest_phrase_and_synonyms():
     v = Vocabulary.from_file("avsbench")
     assert v.find_in_text("A police car and a puppy near two acoustic guitars") == ["emergency-car", "dog", "guitar"]
     assert v.find_in_text("an empty room") == []
+
+
+def test_sticks_named_for_the_drum_map_onto_it():
+    """A 0.5B model often judges the sticks ("drumsticks: above it, sounds"), not the drum."""
+    v = Vocabulary.for_categories(["drums", "man"])
+    assert normalize_cues(["drumsticks", "drum sticks", "sticks"], vocabulary=v) == ["drums"]
+    assert v.find_in_text("a drum with drumsticks above it") == ["drums"]

@@ -269,3 +269,24 @@ def test_reason_answers_are_read_from_the_verdicts(world):
     got = rows.groupby("caption")["cues"].first().map(list).to_dict()
     assert got[SCENES[0][0]] == ["man", "guitar"] and got[SCENES[1][0]] == ["woman"] and got[SCENES[2][0]] == []
     assert set(rows.loc[rows["caption"] == SCENES[2][0], "parse_status"]) == {"empty"}
+
+
+def test_a_synonym_edit_renews_a_verdicts_set_from_the_memo(world, tmp_path):
+    """The synonym table maps answers onto the categories after the memo: editing it must give a
+    new cue set (not "already complete" with the old mapping) without asking the LLM again."""
+    def answer(prompt):
+        return '{"reasoning": "drumsticks: raised above the drum, sounds; man: asleep, silent"}'
+
+    plain, with_sticks = tmp_path / "plain.yaml", tmp_path / "sticks.yaml"
+    plain.write_text("drum: [drum kit]\n")
+    with_sticks.write_text("drum: [drum kit, drumstick]\n")
+    llm, memo = FakeLLM(answer), Memo(world["tmp"] / "memo-syn")
+    first = LLMCues(load_template("cot-v3"), llm, Vocabulary.for_categories(CATEGORIES, synonyms=plain), memo)
+    r1 = _run(world, first)
+    asked = len(llm.prompts)
+    second = LLMCues(load_template("cot-v3"), llm, Vocabulary.for_categories(CATEGORIES, synonyms=with_sticks), memo)
+    r2 = _run(world, second)
+    assert r2.out_dir != r1.out_dir and not r2.skipped
+    assert len(llm.prompts) == asked  # every answer came from the memo
+    assert {tuple(c) for c in read_stage(r1.out_dir)["cues"]} == {()}
+    assert {tuple(c) for c in read_stage(r2.out_dir)["cues"]} == {("drums",)}

@@ -126,3 +126,22 @@ def test_errors_before_any_model_loads(tmp_path, monkeypatch):
         run_cues(dataset="tiny", manifest=man, cache_root=tmp_path / "cache", sets=f"vocab,x=transformers:{bad}", progress=False)
     assert loads == []
     assert not (tmp_path / "cache" / "tiny" / "cues").exists()  # nothing ran, not even the vocab set
+
+
+def test_v4_keeps_v3_form_and_examples_order_and_names_the_object_not_its_holder():
+    """cot-v4 (measured, not the default: docs/cues.md) is cot-v3 with a naming rule and one example
+    rewritten ("someone holding a cell phone"); every worked example still obeys the verdict schema
+    and judges the same objects "sounds" as v3's, sounding objects first."""
+    import re
+
+    from cues.parse import parse_verdicts
+
+    v3, v4 = load_template("cot-v3"), load_template("cot-v4")
+    assert v4.fields == v3.fields and len(v4.examples) == len(v3.examples)
+    pattern = answer_schema(v4.fields, ["phone"])["properties"]["reasoning"]["pattern"]
+    for (_, a3), (caption, a4) in zip(v3.examples, v4.examples):
+        assert re.fullmatch(pattern, json.loads(a4)["reasoning"]), a4
+        assert parse_verdicts(a4).items == parse_verdicts(a3).items, caption
+        assert json.loads(a4)["reasoning"].split(";")[0].endswith("sounds")
+    assert any("someone holding" in c for c, _ in v4.examples)
+    assert "never the room" in v4.messages("a dog", ["dog"])[0]["content"]
