@@ -161,6 +161,7 @@ def times_sets(stderr: str) -> list[str]:
 def bench_stage(quick: bool, model: str | None = None) -> None:
     from cues.hub import DEFAULT_MODEL
     from manifests.schema import manifest_path
+    from pipeline.runner import latest  # the pointer's dir is relative to the cache root
 
     with tempfile.TemporaryDirectory() as d:
         cache = Path(d) / "cache"
@@ -192,8 +193,7 @@ def bench_stage(quick: bool, model: str | None = None) -> None:
         print(f"[bench] cue stage wall time (one process, model load included): {t_first:.1f}s; per set: "
               + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()), flush=True)
         for tag in ("cot", "direct"):
-            ptr = json.loads((cache / "synthavs" / "cues" / f"latest-{tag}.json").read_text())
-            card = json.loads((Path(ptr["dir"]) / "card.json").read_text())
+            card = json.loads((latest(cache, "synthavs", "cues", tag) / "card.json").read_text())
             print(f"cues.ok_or_repaired_{tag} {card['ok_or_repaired_rate']:.3f} (goal >= 0.95; "
                   f"{card['parse_status']}; memo hit rate {card['memo']['hit_rate']:.3f})", flush=True)
 
