@@ -63,7 +63,7 @@ def test_choice_depends_only_on_seed_epoch_and_clip(tiny):
     assert all(torch.equal(ea[u][0], eb[u][0]) for u in ea)
 
 
-def test_val_and_test_batches_never_get_negatives(tiny):
+def test_val_and_test_batches_never_get_train_negatives(tiny):
     root, manifest = tiny
     dm = make_dm(root, manifest, train_negatives={"mute": 1.0})
     dm.setup("fit")
@@ -73,6 +73,40 @@ def test_val_and_test_batches_never_get_negatives(tiny):
         for b in loader:
             assert not torch.any(b.audio == MUTE) and b.masks.any()
             assert all(not u.startswith("train") for u in b.uids)
+
+
+@pytest.fixture(scope="module")
+def tiny_val(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_val_negatives")
+    return root, write_tiny_dataset(root, spec=TinySpec(clips={"train": 4, "val": 24, "test": 4}),
+                                    audio_tags=("mute", "offscreen"))
+
+
+def val_items(dm):
+    return {u: (b.audio[i], b.masks.view(len(b.uids), -1, *b.masks.shape[1:])[i], bool(b.negative[i]))
+            for b in dm.val_dataloader() for i, u in enumerate(b.uids)}
+
+
+def test_val_negatives_fixed_draw_flagged_in_the_batch(tiny_val):
+    root, manifest = tiny_val
+    probs = {"mute": 0.25, "offscreen": 0.25}
+    runs = []
+    for seed in (0, 1):
+        dm = make_dm(root, manifest, seed=seed, val_negatives=probs)
+        dm.setup("fit")
+        dm.setup("test")
+        runs.append(val_items(dm))
+        for b in dm.test_dataloader():  # test never
+            assert not b.negative.any() and not torch.any(b.audio == MUTE) and not torch.any(b.audio == OFF)
+        for b in dm.train_dataloader():  # only val_negatives set: training keeps its audio
+            assert not b.negative.any()
+    a, b = runs
+    assert a.keys() == b.keys() and all(torch.equal(a[u][0], b[u][0]) and a[u][2] == b[u][2] for u in a)
+    flagged = {u for u, (_, _, neg) in a.items() if neg}
+    assert 0 < len(flagged) < len(a)  # 24 clips at 0.5: some of each
+    for uid, (audio, masks, neg) in a.items():
+        swapped = bool(torch.all(audio == MUTE) or torch.all(audio == OFF))
+        assert swapped == neg and (not masks.any()) == neg  # the flag says exactly which clips were swapped
 
 
 def test_missing_perturbed_cache_is_one_line_naming_it_and_make_features(tiny):

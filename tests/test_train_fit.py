@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.store import FeatureStoreError
-from tests.dummies_train import tiny_config, write_tiny_dataset
+from tests.dummies_train import TinySpec, tiny_config, write_tiny_dataset
 from train.cli import main
 from train.data import FeatureCacheError
 from train.module import NonFiniteLossError
@@ -68,8 +68,23 @@ def test_fit_writes_run_layout_and_pointer(tiny):
     info = json.loads(latest.read_text())
     assert info["run_dir"] == str(run) and info["variant"] == "teso" and info["export"] == str(run / "export")
     header = (run / "logs/version_0/metrics.csv").read_text().splitlines()[0]
-    assert "train/frames_per_s_epoch" in header and "val/miou" in header
-    assert cli.trainer.checkpoint_callback.monitor == "val/miou"
+    assert "train/frames_per_s_epoch" in header and "val/miou" in header and "val/score" in header
+    assert cli.trainer.checkpoint_callback.monitor == "val/score"
+    assert info["best_val_score"] == pytest.approx(float(cli.trainer.callback_metrics["val/miou"]))  # no negatives: the mIoU
+
+
+def test_val_negatives_enter_the_checkpoint_choice_as_a_harmonic_mean(tmp_path):
+    manifest = write_tiny_dataset(tmp_path, spec=TinySpec(clips={"train": 4, "val": 6, "test": 2}), audio_tags=("mute",))
+    cli = main(fit_args(tmp_path, tiny_config(tmp_path, manifest), "--trainer.max_epochs", "1",
+                        "--data.val_negatives", "{mute: 0.5}", run="valneg"))
+    m = cli.trainer.callback_metrics
+    miou, empty, score = (float(m[k]) for k in ("val/miou", "val/negative_empty_rate", "val/score"))
+    assert score == pytest.approx(2 * miou * empty / max(miou + empty, 1e-8), abs=1e-6)
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(score)
+    # the negative clips' (empty) ground truth is scored apart: val/miou is that of the clips with their own audio
+    ds = cli.datamodule.split_dataset("val")
+    clean = [u for i, u in enumerate(ds.uids) if ds.negative_of(i, 0) is None]
+    assert 0 < len(clean) < len(ds.uids)
 
 
 def test_nan_loss_stops_naming_uids_and_keeps_last_checkpoint(tmp_path):

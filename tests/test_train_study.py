@@ -82,3 +82,19 @@ def test_variant_specs_and_bad_input(tmp_path):
     assert own[own.index("--data.cues_tag") + 1] == "active"
     with pytest.raises(StudyError, match="nosuchmodel"):
         run_study(variants=["nosuchmodel"], seeds=1, runs_dir=tmp_path, out_dir=tmp_path)
+
+
+def test_delta_m_goal_says_when_a_listening_baseline_caps_the_ratio():
+    import pandas as pd
+
+    from train.study_report import goals, summarise
+
+    def rows(base_dm):
+        return pd.DataFrame([{"variant": v, "control": "none", "seed": s, "slice": "all", "miou_normal": 50.0,
+                              "miou_mute": 0.0, "delta_m_mute": dm, "fscore_normal": 60.0, "empty_rate_mute": 90.0,
+                              "fpr_offscreen": 20.0}
+                             for v, dm in (("teso", 95.0), ("audio_only", base_dm)) for s in (0, 1)])
+    listening = next(g for g in goals(summarise(rows(93.7)), 10.0) if g["goal"].startswith("mute Δm"))
+    assert listening["met"] is False and "at most 100 / 93.7 = 1.07" in listening["numbers"]
+    deaf = next(g for g in goals(summarise(rows(20.0)), 10.0) if g["goal"].startswith("mute Δm"))
+    assert deaf["met"] is True and "out of reach" not in deaf["numbers"]

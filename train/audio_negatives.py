@@ -9,9 +9,12 @@ tone only; ``offscreen``: a sound of a category not visible in it) and its groun
 (valid frames stay valid, so the mask losses and the null loss say "nothing sounds"; its frames are no
 InfoNCE positives). The perturbed caches are read through :class:`pipeline.store.FeatureStore` with
 the same card and coverage checks as the clean audio. The choice depends only on (seed, epoch, clip),
-so a resumed run sees the same negatives. Only the training split is ever wrapped: validation and
-test clips keep their audio and ground truth (the test's mute/off-screen conditions are then the
-same KIND of perturbation the models were trained on, on held-out clips, as in AVSBench-Robust).
+so a resumed run sees the same negatives. Test clips always keep their audio and ground truth (the
+test's mute/off-screen conditions are then the same KIND of perturbation the models were trained
+on, on held-out clips, as in AVSBench-Robust). Validation clips get negative audio only with
+``data.val_negatives``: one fixed draw (seed :data:`VAL_SEED`, epoch 0, the same for every run and
+seed), so that model selection can see whether a checkpoint answers negative audio with an empty
+mask (``train/module.py``, ``val/score``).
 """
 from __future__ import annotations
 
@@ -27,20 +30,21 @@ from pipeline.store import FeatureStore
 from train.clips import ClipDataset, ClipItem
 
 NEGATIVE_TAGS = ("mute", "ambient", "offscreen")  # audio caches under which nothing visible sounds
+VAL_SEED = 0  # validation's draw does not follow data.seed: every run is selected on the same clips
 
 
-def check_negatives(negatives: Mapping[str, float] | None) -> dict[str, float]:
-    """The non-zero probabilities of ``data.train_negatives``; raises ValueError on a bad entry."""
+def check_negatives(negatives: Mapping[str, float] | None, *, name: str = "data.train_negatives") -> dict[str, float]:
+    """The non-zero probabilities of ``name`` (a tag -> probability map); raises ValueError on a bad entry."""
     out = {}
     for tag, p in (negatives or {}).items():
         if tag not in NEGATIVE_TAGS:
-            raise ValueError(f"data.train_negatives: unknown negative audio {tag!r}; use {list(NEGATIVE_TAGS)}")
+            raise ValueError(f"{name}: unknown negative audio {tag!r}; use {list(NEGATIVE_TAGS)}")
         if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"data.train_negatives.{tag} = {p}: a probability in [0, 1]")
+            raise ValueError(f"{name}.{tag} = {p}: a probability in [0, 1]")
         if float(p) > 0:
             out[tag] = float(p)
     if sum(out.values()) > 1.0 + 1e-9:
-        raise ValueError(f"data.train_negatives {out}: the probabilities sum to more than 1")
+        raise ValueError(f"{name} {out}: the probabilities sum to more than 1")
     return out
 
 
@@ -88,6 +92,7 @@ class NegativeAudioDataset(Dataset):
                             for t, d in self.audio_dirs.items()}
         store = self._stores[tag]
         item.audio = store.clip(item.uid, "audio").float()
+        item.negative = tag
         store.release()  # a few clips per epoch: resident memory stays bounded whatever the cache size
         item.masks = torch.zeros_like(item.masks)  # nothing visible sounds; mask_valid is kept
         if item.class_masks is not None:

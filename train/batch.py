@@ -23,6 +23,8 @@ class AVSBatch:
         frame_labels: ``[N, C]`` bool multi-hot of each frame's *sounding* categories (the manifest's
             ``labels``; C = the data module's ``categories``), or None when unknown. InfoNCE masks
             negatives of a shared category with it.
+        negative: ``[B]`` bool, True for a clip whose audio was swapped for negative audio
+            (:mod:`train.audio_negatives`; its masks are empty), or None when none can be.
     """
 
     uids: list[str]
@@ -35,6 +37,7 @@ class AVSBatch:
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
     frame_labels: torch.Tensor | None = None
+    negative: torch.Tensor | None = None
 
     @property
     def num_clips(self) -> int:

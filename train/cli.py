@@ -5,7 +5,8 @@ and any key can be overridden on the command line (``--trainer.max_epochs 3``). 
 data and the network are stated once, on the data side, and linked into ``model.net``; an unknown
 key is a parse error. Each run lives in ``<runs_dir>/<run_name>/``:
 
-* ``checkpoints/best.ckpt`` (best ``val/miou``) and ``checkpoints/last.ckpt`` (resume: ``--ckpt_path last``);
+* ``checkpoints/best.ckpt`` (best ``val/score``: ``val/miou``, or its harmonic mean with the
+  empty rate under negative audio when validation has some, ``train/module.py``) and ``checkpoints/last.ckpt`` (resume: ``--ckpt_path last``);
 * ``config.yaml`` (the resolved config of the latest invocation; every invocation's copy is also
   kept under ``logs/version_<k>/``), CSV logs (``logs/``) and TensorBoard logs (``tb/``);
 * ``export/{model.safetensors,config.yaml}`` after ``fit`` (see :mod:`train.export`).
@@ -131,7 +132,8 @@ class TeSOCLI(LightningCLI):
             kwargs.setdefault("logger", [CSVLogger(str(run_dir), name="logs"),
                                          TensorBoardLogger(str(run_dir), name="tb", default_hp_metric=False)])
         checkpoints = [
-            # best by val mIoU, then (a second callback, so it runs after) the last state of every epoch:
+            # best by val/score (val mIoU, with negative audio in validation its harmonic mean with the
+            # negative clips' empty rate; train/module.py), then (a second callback, so it runs after) the last state of every epoch:
             # Lightning 2.6 writes save_last only when the monitored metric improved
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=MONITOR, mode="max",
                             save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
@@ -166,7 +168,7 @@ class TeSOCLI(LightningCLI):
             pointer = {"run_dir": str(self.run_dir), "variant": cfg.variant,
                        "export": str(export_dir) if export_dir else None,
                        "best_ckpt": str(best) if best else None,
-                       "best_val_miou": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None}
+                       "best_val_score": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None}
             path = Path(cfg.latest_json)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp-{os.getpid()}")

@@ -39,6 +39,7 @@ class ClipItem:
         mask_valid: ``[T]`` bool.
         class_masks: ``[T, Hm, Wm]`` long, or None when the data module does not serve them.
         frame_labels: ``[T, C]`` bool sounding categories per frame (``train/labels.py``), or None.
+        negative: the negative audio swapped in (``mute``/``ambient``/``offscreen``), or None.
     """
 
     uid: str
@@ -51,6 +52,7 @@ class ClipItem:
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
     frame_labels: torch.Tensor | None = None
+    negative: str | None = None
 
 
 def collate_clips(items: list[ClipItem]) -> AVSBatch:
@@ -79,6 +81,7 @@ def collate_clips(items: list[ClipItem]) -> AVSBatch:
         mask_valid=torch.cat([it.mask_valid for it in items]),
         class_masks=torch.cat([it.class_masks for it in items]) if has_class else None,
         frame_labels=None if any(it.frame_labels is None for it in items) else torch.cat([it.frame_labels for it in items]),
+        negative=torch.tensor([it.negative is not None for it in items]),
     )
 
 

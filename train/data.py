@@ -27,7 +27,7 @@ from manifests.schema import manifest_path, read_manifest
 from pipeline.runner import latest
 from pipeline.store import FeatureStore
 from pipeline.runner import StageError
-from train.audio_negatives import NegativeAudioDataset, check_negatives
+from train.audio_negatives import VAL_SEED, NegativeAudioDataset, check_negatives
 from train.clips import CacheSpec, ClipDataset, EpochShuffleSampler, FeatureCacheError, collate_clips
 from train.labels import frame_label_table
 
@@ -65,6 +65,10 @@ class AVSDataModule(pl.LightningDataModule):
         train_negatives: negative audio for training (:mod:`train.audio_negatives`): perturbation tag
             (``mute``, ``ambient``, ``offscreen``) -> probability per training clip and epoch of
             replacing its audio by that cache's and its masks by empty ones; None/{} = never.
+        val_negatives: the same for the validation split, drawn once (the same clips for every run
+            and seed, :data:`train.audio_negatives.VAL_SEED`): those clips are scored apart, as the
+            share of their frames predicted empty, and enter the checkpoint choice (``val/score``
+            in ``train/module.py``); None/{} = validation keeps its audio. Test never gets any.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class AVSDataModule(pl.LightningDataModule):
         unmap_every: int = 8,
         verify_shards: bool = False,
         train_negatives: dict[str, float] | None = None,
+        val_negatives: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +127,8 @@ class AVSDataModule(pl.LightningDataModule):
         self.class_masks = class_masks
         self.seed = seed
         self.unmap_every = unmap_every
-        self.train_negatives = check_negatives(train_negatives)
+        self.negatives = {"train": check_negatives(train_negatives),
+                          "val": check_negatives(val_negatives, name="data.val_negatives")}
         self._clips: pd.DataFrame | None = None
         self._spec: CacheSpec | None = None
         self._stores: dict[str, FeatureStore] = {}
@@ -232,26 +238,28 @@ class AVSDataModule(pl.LightningDataModule):
                 self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
             ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
                              class_masks=self.class_masks, unmap_every=self.unmap_every)
-            if stage == "train" and self.train_negatives:  # never val/test: their audio and masks stay
-                ds = NegativeAudioDataset(ds, audio_dirs=self._negative_dirs(clips), probs=self.train_negatives,
-                                          seed=self.seed, expect_audio=self.expect["audio"], verify=self.verify_shards)
+            probs = self.negatives.get(stage)  # never test: its audio and masks stay
+            if probs:
+                ds = NegativeAudioDataset(ds, audio_dirs=self._negative_dirs(clips, stage), probs=probs,
+                                          seed=self.seed if stage == "train" else VAL_SEED,
+                                          expect_audio=self.expect["audio"], verify=self.verify_shards)
             self._datasets[stage] = ds
         return self._datasets[stage]
 
-    def _negative_dirs(self, clips: pd.DataFrame) -> dict[str, Path]:
+    def _negative_dirs(self, clips: pd.DataFrame, stage: str) -> dict[str, Path]:
         """The perturbed audio cache of each negative tag, checked like the clean one (card, width, frames)."""
         dirs, stores = {}, {}
-        for tag in self.train_negatives:
+        for tag in self.negatives[stage]:
             try:
                 dirs[tag] = latest(self.cache_root, self.dataset, "audio", tag=tag)
             except StageError:
                 raise FeatureCacheError(
                     f"{self.cache_root / self.dataset / 'audio'}: no '{tag}' audio cache (latest-{tag}.json) for "
-                    f"data.train_negatives; build it with `make features CACHE={self.cache_root}` (it writes the "
-                    f"perturbed audio caches) or drop '{tag}' from data.train_negatives") from None
+                    f"data.{stage}_negatives; build it with `make features CACHE={self.cache_root}` (it writes the "
+                    f"perturbed audio caches) or drop '{tag}' from data.{stage}_negatives") from None
             stores[f"{tag} audio"] = FeatureStore(dirs[tag], expect=self.expect["audio"], verify=self.verify_shards)
             self._check_audio_dim(stores[f"{tag} audio"], f"{tag} audio")
-        self._check_coverage(clips, "train", stores)
+        self._check_coverage(clips, self.splits[stage], stores)
         return dirs
 
     # ----- Lightning hooks -----------------------------------------------------------------

@@ -79,7 +79,7 @@ def make_datamodule(export_cfg: dict[str, Any], *, dataset: str | None = None, c
     for k in ("audio_dir", "visual_dir", "text_dir"):  # a training machine's explicit dirs do not apply here
         kw.pop(k, None)
     kw.update(audio_tag=audio_tag, splits={"test": split}, class_masks=semantic, num_workers=0,
-              train_negatives=None, **override)  # evaluation never trains: no negative-audio caches needed
+              train_negatives=None, val_negatives=None, **override)  # evaluation never trains or selects: no negative audio
     if batch_size is not None:
         kw["eval_batch_size"] = batch_size
     return AVSDataModule(**kw)

@@ -8,7 +8,7 @@ LightningModule) into safetensors and writes a plain-YAML config beside them::
     net: {class_path: model.teso.TeSO, init_args: {...}}
     data: {dataset, clip_len, levels, audio_dim, text_dim, visual_channels, expect_*, cues_tag, ...}
     eval: {protocol: avsbench}
-    source: {checkpoint: ..., epoch: ..., val_miou: ...}
+    source: {checkpoint: ..., epoch: ..., val_score: ...} (val_score: the monitored val/score of train/module.py)
 
 :func:`load_exported` rebuilds the network from that YAML (``yaml.safe_load``; the class must
 live under an allowed package, ``model.`` by default) and loads the tensors with safetensors:
@@ -76,7 +76,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path, *, config: str
         "eval": {"protocol": model_cfg.get("metric_protocol", "avsbench")},
         "source": {"checkpoint": str(ckpt_path), "epoch": int(ckpt.get("epoch", -1)),
                    "global_step": int(ckpt.get("global_step", -1)),
-                   "val_miou": float(score) if score is not None else None},
+                   "val_score": float(score) if score is not None else None},
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

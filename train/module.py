@@ -4,7 +4,12 @@ One shared step serves train/val/test: forward on cached features, the weighted 
 ``model/losses.py`` (mask BCE + dice on frames that have ground truth, InfoNCE between each frame's
 pre-fusion cue embeddings and the audio of its own second, the no-object loss on silent frames,
 class loss for AVSS), and one AVS metric object per stage from ``train/metrics.py`` (the evaluation
-code's own metric). ``val/miou`` selects the best checkpoint. What the network does with its cues
+code's own metric). ``val/score`` selects the best checkpoint: ``val/miou``, or, when validation has
+negative audio (``data.val_negatives``), the harmonic mean of ``val/miou`` (clips with their own
+audio) and ``val/negative_empty_rate`` (share of the negative clips' frames predicted empty): a
+checkpoint that segments well but answers silence or an off-screen sound with a mask is not the
+best one (on the demo, the epoch with the best ``val/miou`` often had not yet learned silence, and
+one seed in three came out deaf). What the network does with its cues
 (gates, PMQS's attention share per token kind, ``model/diagnostics.py``) is logged per epoch as
 ``<stage>/gate_mean``, ``<stage>/pmqs_share_cue`` etc.; the parameter counts are printed when fitting
 starts.
@@ -28,7 +33,7 @@ from model.diagnostics import cue_diagnostics
 from train.batch import AVSBatch
 from train.metrics_accumulate import AVSMetric, rank_and_world
 
-MONITOR = "val/miou"
+MONITOR = "val/score"
 LAST = "last"  # checkpoint file name of the last completed epoch (resume point)
 STAGES = ("train", "val", "test")
 
@@ -110,6 +115,7 @@ class TeSOModule(pl.LightningModule):
         # one metric object per stage (their states never mix)
         self.train_metric = AVSMetric(protocol=metric_protocol)
         self.val_metric = AVSMetric(protocol=metric_protocol)
+        self.val_negative_metric = AVSMetric(protocol=metric_protocol)  # validation clips with negative audio
         self.test_metric = AVSMetric(protocol=metric_protocol)
         if trainable is not None:
             names = dict(self.net.named_modules())
@@ -227,7 +233,12 @@ class TeSOModule(pl.LightningModule):
             for k, v in cue_diagnostics(out.sedam, out.pmqs_attn, silent).items():
                 self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         metric = self.metric(stage)
-        if frames is None:
+        if frames is None and stage == "val" and batch.negative is not None and bool(batch.negative.any()):
+            negative = batch.negative.to(batch.mask_valid.device).repeat_interleave(batch.clip_len)  # [N]
+            logits = out.mask_logits.detach().float()
+            metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid & ~negative)
+            self.val_negative_metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid & negative)
+        elif frames is None:
             metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
         else:
             metric.update(out.mask_logits.detach().float(), batch.masks[frames], clip_len=frames.numel() // batch.num_clips,
@@ -266,7 +277,15 @@ class TeSOModule(pl.LightningModule):
         self.metric(stage).reset()
 
     def on_validation_epoch_end(self) -> None:
+        miou = self.metric("val").compute()["miou"]
         self._log_metrics("val")
+        score = miou
+        if self.val_negative_metric.stats().pred.numel():
+            empty = self.val_negative_metric.compute()["empty_rate"]
+            self.log("val/negative_empty_rate", empty, sync_dist=False)
+            score = 2 * miou * empty / (miou + empty).clamp(min=1e-8)  # harmonic mean: both must be high
+            self.val_negative_metric.reset()
+        self.log(MONITOR, score, sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
