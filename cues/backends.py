@@ -13,8 +13,10 @@ Nothing loads at construction; :meth:`LLMBackend.load` does, once.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable
@@ -77,9 +79,7 @@ class TransformersBackend(LLMBackend):
         matmuls (AMX/AVX512-BF16: measured faster than float32 there), else float32."""
         if self.dtype_name != "auto":
             return self.dtype_name
-        import torch
-
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.device or ("cuda" if cuda_available() else "cpu")
         if device.startswith("cuda"):
             return "float16"
         return "bfloat16" if cpu_has_fast_bf16() else "float32"
@@ -239,6 +239,20 @@ def save_converted(model, tokenizer, out: "Path") -> None:
         if qconfig is not None:
             model.config.quantization_config = qconfig
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, decided without importing torch where the NVIDIA driver library
+    is absent (then CUDA cannot run): a finished cue set's fingerprint holds the dtype, so a no-op
+    rerun would otherwise pay the ~3 s torch import for nothing."""
+    if sys.platform.startswith("linux") and "torch" not in sys.modules:
+        try:
+            ctypes.CDLL("libcuda.so.1")  # what the CUDA runtime loads first; no driver, no CUDA device
+        except OSError:
+            return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -205,7 +205,7 @@ def default_sets(manifest: Manifest) -> str:
     return DEFAULT_SETS + (",active" if (Path(manifest.data_root) / SCENES_FILE).is_file() else "")
 
 
-def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | None = None,
+def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | Manifest | None = None,
              cache_root: str | Path = "cache", captions_dir: str | Path | None = None,
              llm_backend: str = "transformers", model: str = DEFAULT_MODEL, gguf_file: str | None = None,
              dtype: str = "auto", vocabulary: str = "closed", structured: bool = True, repair: bool = True,
@@ -214,10 +214,11 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | No
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
              ask_ahead: int = 256) -> dict[str, StageResult]:
     """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load
-    (a named model's weights are joined and verified here, before anything is written)."""
+    (a named model's weights are joined and verified here, before anything is written). ``manifest``:
+    its path, or the manifest already read (the CLI reads it once for the cues and the report)."""
     if vocabulary not in ("closed", "open"):
         raise ValueError(f"--vocabulary {vocabulary!r}: choose closed or open")
-    m = read_manifest(manifest or manifest_path(dataset))
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest or manifest_path(dataset))
     cue_sets = parse_sets(sets or default_sets(m), llm_backend)
     captions, captions_fp = read_captions(cache_root, dataset, captions_dir)
     items = cue_items(m, captions)
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the cue-quality table")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    results = run_cues(dataset=a.dataset, sets=a.sets, manifest=a.manifest, cache_root=a.cache_root,
+    m = read_manifest(a.manifest or manifest_path(a.dataset))
+    results = run_cues(dataset=a.dataset, sets=a.sets, manifest=m, cache_root=a.cache_root,
                        captions_dir=a.captions, llm_backend=a.backend, model=a.model, gguf_file=a.gguf_file,
                        dtype=a.dtype, vocabulary=a.vocabulary, structured=not a.no_structured,
                        repair=not a.no_repair, max_cues=a.max_cues, max_new_tokens=a.max_new_tokens,
@@ -292,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):
-        m = read_manifest(a.manifest or manifest_path(a.dataset))
         if any(len(v) for v in m.frames["labels"]):
             report = evaluate_dirs({t: r.out_dir for t, r in results.items()}, m, write=True)
             print(format_table(report))

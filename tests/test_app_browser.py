@@ -16,7 +16,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
-pytest.importorskip("gradio", reason="the app extra is not installed (make setup installs it)")
+pytest.importorskip("gradio", reason="the app extra is not installed (make test and make app install it)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the app extra) is not installed")
 
 import dummies_app as A  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-pytest.importorskip("gradio", reason="the app extra is not installed (make setup installs it)")
+pytest.importorskip("gradio", reason="the app extra is not installed (make test and make app install it)")
 gradio_client = pytest.importorskip("gradio_client")
 
 import dummies_app as A  # noqa: E402

