@@ -233,16 +233,16 @@ class TeSOModule(pl.LightningModule):
             silent = valid & ~masks.flatten(1).any(1)
             for k, v in cue_diagnostics(out.sedam, out.pmqs_attn, silent).items():
                 self.log(f"{stage}/{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
-        metric = self.metric(stage)
-        if frames is None and stage == "val" and batch.negative is not None and bool(batch.negative.any()):
-            negative = batch.negative.to(batch.mask_valid.device).repeat_interleave(batch.clip_len)  # [N]
-            logits = out.mask_logits.detach().float()
-            metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid & ~negative)
-            self.val_negative_metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid & negative)
-        elif frames is None:
-            metric.update(out.mask_logits.detach().float(), batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
+        metric, logits = self.metric(stage), out.mask_logits.detach().float()
+        if frames is None:
+            valid = batch.mask_valid
+            if stage == "val" and batch.negative is not None and bool(batch.negative.any()):
+                negative = batch.negative.to(valid.device).repeat_interleave(batch.clip_len)  # [N]
+                self.val_negative_metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=valid & negative)
+                valid = valid & ~negative  # val/miou: the clips with their own audio
+            metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=valid)
         else:
-            metric.update(out.mask_logits.detach().float(), batch.masks[frames], clip_len=frames.numel() // batch.num_clips,
+            metric.update(logits, batch.masks[frames], clip_len=frames.numel() // batch.num_clips,
                           valid=batch.mask_valid[frames])
         if stage == "train":
             # scored per batch and averaged over the epoch: memory stays flat however long the epoch
@@ -271,15 +271,15 @@ class TeSOModule(pl.LightningModule):
     def test_step(self, batch: AVSBatch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def _log_metrics(self, stage: str) -> None:
+    def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         scores = self.metric(stage).compute()
         for k, v in scores.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "miou", sync_dist=False)
         self.metric(stage).reset()
+        return scores
 
     def on_validation_epoch_end(self) -> None:
-        miou = self.metric("val").compute()["miou"]
-        self._log_metrics("val")
+        miou = self._log_metrics("val")["miou"]
         score = miou
         if self.val_negative_metric.stats().pred.numel():
             empty = self.val_negative_metric.compute()["empty_rate"]
