@@ -44,3 +44,18 @@ def test_ddp_nan_on_one_rank_stops_both(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "train002" in log and "non-finite train loss on another DDP rank" in log
+
+
+def test_ddp_val_negatives_on_one_rank_only(tmp_path):
+    # 2 validation clips, one per rank; {mute: 0.25} draws val001 only (VAL_SEED): only rank 1 holds a
+    # negative clip, and both ranks must still agree on computing (and syncing) the negative metric
+    manifest = write_tiny_dataset(tmp_path, audio_tags=("mute",))
+    cfg = tiny_config(tmp_path, manifest, max_epochs=1)
+    cmd = [sys.executable, "-m", "train", "fit", "--config", "configs/trainer/cpu.yaml", "--config", "configs/model/teso.yaml",
+           "--config", str(cfg), "--config", "configs/experiment/ddp_cpu.yaml", "--data.val_negatives", "{mute: 0.25}",
+           "--runs_dir", str(tmp_path / "runs"), "--run_name", "ddp_valneg"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = (tmp_path / "runs/ddp_valneg/logs/version_0/metrics.csv").read_text().splitlines()[0]
+    assert "val/negative_empty_rate" in header and "val/score" in header

@@ -281,7 +281,10 @@ class TeSOModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         miou = self._log_metrics("val")["miou"]
         score = miou
-        if self.val_negative_metric.stats().pred.numel():
+        has_negatives = bool(self.val_negative_metric.stats().pred.numel())
+        if self._trainer is not None:  # under DDP every rank computes (a synced gather) if any rank has some
+            has_negatives = self.trainer.strategy.reduce_boolean_decision(has_negatives, all=False)
+        if has_negatives:
             empty = self.val_negative_metric.compute()["empty_rate"]
             self.log("val/negative_empty_rate", empty, sync_dist=False)
             score = 2 * miou * empty / (miou + empty).clamp(min=1e-8)  # harmonic mean: both must be high
