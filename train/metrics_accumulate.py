@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from train.metrics import DEFAULT_PROTOCOL, FrameStats, check_inputs, frame_stats, get_protocol, score_stats
 
@@ -57,7 +58,7 @@ class AVSMetric(Metric):
         for name in FrameStats.__dataclass_fields__:
             getattr(self, name).append(getattr(s, name).to(self.device))
 
-    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
         # A rank that saw no frame (e.g. all its validation clips had negative audio) must still send
         # tensors of the others' dtype and rank: torchmetrics would send a 1-d float32 placeholder,
         # which the other ranks' [F, T] long curves cannot be gathered with.
@@ -66,7 +67,7 @@ class AVSMetric(Metric):
             state = getattr(self, name)
             if isinstance(state, list) and not state:
                 state.append(torch.zeros((0, k) if name.endswith("_curve") else (0,), dtype=torch.long, device=self.device))
-        super()._sync_dist(*([dist_sync_fn] if dist_sync_fn is not None else []), process_group=process_group)
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def stats(self) -> FrameStats:
         parts = {}

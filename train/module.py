@@ -281,7 +281,7 @@ class TeSOModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         miou = self._log_metrics("val")["miou"]
         score = miou
-        has_negatives = bool(self.val_negative_metric.stats().pred.numel())
+        has_negatives = any(t.numel() for t in self.val_negative_metric.pred)  # frames seen on this rank
         if self._trainer is not None:  # under DDP every rank computes (a synced gather) if any rank has some
             has_negatives = self.trainer.strategy.reduce_boolean_decision(has_negatives, all=False)
         if has_negatives:
