@@ -147,6 +147,16 @@ class TransformersBackend(LLMBackend):
         self.load()
         return self.generate(self.prompts(conversations), schema, on_answer)
 
+    def score_verdicts(self, conversations: list[Conversation], raw_outputs: list[str]) -> list:
+        """Per answer, ``(free, in_place)`` margins of its verdicts (:mod:`cues.verdict_score`)."""
+        from cues.verdict_score import score_answers
+
+        self.load()
+        tok = self.tokenizer
+        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in self.prompts(conversations)]
+        return score_answers(self.model, lambda s: tok(s, add_special_tokens=False)["input_ids"], prompts,
+                             raw_outputs, batch_size=min(self.batch_size, 16))
+
 
 class VLLMBackend(LLMBackend):
     """vLLM offline batch chat (GPU). Install the optional ``[vllm]`` extra in its own environment."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import sys
+import time
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
@@ -24,6 +25,7 @@ from cues.memo import Memo, memo_key
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, normalize_cues
 from cues.parse import parse_answer, parse_verdicts, reasoning_verdicts
 from cues.templates import ANSWER_KEY, OUTPUTS, PromptTemplate, answer_schema
+from cues.verdict_score import METHOD as SCORING_METHOD, VERDICT_MODES, VerdictScoring, scored_items
 from pipeline.fingerprint import canonical_json, text_hash
 
 SOURCES = ("transformers", "vllm", "vocab-match", "active", "oracle")
@@ -60,9 +62,23 @@ class LLMCues:
     structured: bool = True
     repair: bool = True
     max_cues: int = DEFAULT_MAX_CUES
+    verdicts: str = "greedy"  # or "scored": verdict words from next-token margins (cues.verdict_score)
+    rule: VerdictScoring = field(default_factory=VerdictScoring)
     asked: int = 0          # questions this process sent to the LLM (memo misses, de-duplicated)
     rows_seen: int = 0
+    score_seconds: float = 0.0  # this process's time in the verdict-scoring pass
     _settings: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.verdicts not in VERDICT_MODES:
+            raise ValueError(f"verdicts {self.verdicts!r}: choose one of {list(VERDICT_MODES)}")
+
+    @property
+    def scoring(self) -> bool:
+        """Scored verdicts: asked for, a ``verdicts`` template, and a backend that gives margins
+        (the vllm backend does not: it keeps the greedy verdicts, and its fingerprint says so)."""
+        return (self.verdicts == "scored" and self.template.output == "verdicts"
+                and hasattr(self.backend, "score_verdicts"))
 
     @property
     def prompt_vocabulary(self) -> list[str] | None:
@@ -81,6 +97,8 @@ class LLMCues:
                               "structured": self.structured, "vocabulary": "closed" if self.closed else "open",
                               "prompt_vocabulary_hash": text_hash(canonical_json(self.prompt_vocabulary)),
                               "repair": self.repair}
+            if self.scoring:  # the margins are memoised with the answer
+                self._settings["verdict_scoring"] = SCORING_METHOD
         return self._settings
 
     def config(self) -> dict[str, Any]:
@@ -88,8 +106,11 @@ class LLMCues:
         # The synonym table maps the answers' names onto the categories after the memo, so an edit
         # to it changes the cues (not the raw answers): it is in the fingerprint, not the memo key.
         vocab_hash = text_hash(canonical_json(self.vocabulary.table)) if self.closed else None
+        # The decision rule reads the memoised margins: in the fingerprint, not the memo key.
+        verdicts = self.rule.config() if self.scoring else "greedy"
         return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
-                "map_to_vocabulary": self.closed, "vocabulary_hash": vocab_hash, "normalization": NORMALIZATION_VERSION}
+                "map_to_vocabulary": self.closed, "vocabulary_hash": vocab_hash, "normalization": NORMALIZATION_VERSION,
+                "verdicts": verdicts}
 
     def items(self, res: dict[str, Any]) -> list[str]:
         """The cue phrases of an answer. A ``reason`` answer's are the objects its reasoning
@@ -100,6 +121,10 @@ class LLMCues:
             verdicts = reasoning_verdicts(res["raw_output"])
             if verdicts is not None:
                 return [name for name, sounds in verdicts if sounds]
+        if self.scoring and res.get("verdict_margins"):
+            scored = scored_items(res["raw_output"], res["verdict_margins"], self.rule)
+            if scored is not None:
+                return scored
         return res["items"]
 
     def key(self, caption: str) -> str:
@@ -109,10 +134,15 @@ class LLMCues:
     def _ask(self, captions: list[str], on_answer: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Answer distinct captions: generate, parse, one repair round for malformed answers."""
         vocab = self.prompt_vocabulary
-        raws = self.backend.chat([self.template.messages(c, vocab) for c in captions], self.schema(self.template.fields),
-                                 on_answer)
+        convs = [self.template.messages(c, vocab) for c in captions]
+        raws = self.backend.chat(convs, self.schema(self.template.fields), on_answer)
         parse = parse_verdicts if self.template.output == "verdicts" else parse_answer
         results = [{"raw_output": r, "repair_output": "", **vars(parse(r))} for r in raws]
+        if self.scoring:
+            t0 = time.perf_counter()
+            for res, margins in zip(results, self.backend.score_verdicts(convs, raws)):
+                res["verdict_margins"] = [list(m) for m in margins] if margins else None
+            self.score_seconds += time.perf_counter() - t0
         bad = [i for i, r in enumerate(results) if r["status"] == "malformed"]
         if self.repair and bad:
             convs = [self.template.repair_messages(captions[i], results[i]["raw_output"], vocab) for i in bad]

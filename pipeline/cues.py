@@ -40,6 +40,7 @@ from cues.memo import Memo
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, dataset_vocabulary
 from cues.sources import SCENES_FILE, SOURCES, ActiveCues, LLMCues, OracleCues, VocabMatchCues
 from cues.templates import load_template
+from cues.verdict_score import VERDICT_MODES
 from manifests.schema import Manifest, manifest_path, read_manifest
 from pipeline.captions import read_captions
 from pipeline.errors import run_cli
@@ -117,8 +118,9 @@ class CueStage(Stage):
             print(f"[cues:{self.source.template.version}] asking ahead failed ({type(exc).__name__}: {exc}); "
                   "answering batch by batch", file=sys.stderr)
             return
+        scored = f", {self.source.score_seconds:.1f}s of it scoring verdicts" if self.source.scoring else ""
         print(f"[cues:{self.source.template.version}] asked {n} distinct captions ahead, up to {self.ask_ahead} "
-              f"per LLM call ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+              f"per LLM call ({time.perf_counter() - t0:.1f}s{scored})", file=sys.stderr)
 
     def _meta(self) -> tuple[str, str]:
         if isinstance(self.source, LLMCues):
@@ -184,7 +186,8 @@ def cue_items(manifest: Manifest, captions: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_source(cue_set: CueSet, *, manifest: Manifest, vocabulary: Vocabulary, memo: Memo, backends: dict,
-                 llm: dict[str, Any], closed: bool, structured: bool, repair: bool, max_cues: int):
+                 llm: dict[str, Any], closed: bool, structured: bool, repair: bool, max_cues: int,
+                 verdicts: str = "greedy"):
     """The cue source of one set; LLM backends (``llm``: their keyword arguments) are shared
     between sets (one model load)."""
     if cue_set.source == "vocab-match":
@@ -197,7 +200,7 @@ def build_source(cue_set: CueSet, *, manifest: Manifest, vocabulary: Vocabulary,
     if cue_set.source not in backends:
         backends[cue_set.source] = make_llm_backend(cue_set.source, **llm)
     return LLMCues(template, backends[cue_set.source], vocabulary, memo, closed=closed, structured=structured,
-                   repair=repair, max_cues=max_cues)
+                   repair=repair, max_cues=max_cues, verdicts=verdicts)
 
 
 def default_sets(manifest: Manifest) -> str:
@@ -212,7 +215,7 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | Ma
              max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_batch_size: int = DEFAULT_LLM_BATCH,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
-             ask_ahead: int = 256) -> dict[str, StageResult]:
+             ask_ahead: int = 256, verdicts: str = "greedy") -> dict[str, StageResult]:
     """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load
     (a named model's weights are joined and verified here, before anything is written). ``manifest``:
     its path, or the manifest already read (the CLI reads it once for the cues and the report)."""
@@ -229,7 +232,7 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | Ma
            "dtype": dtype, "tensor_parallel_size": tensor_parallel_size}
     sources = {s.tag: build_source(s, manifest=m, vocabulary=vocab, memo=memo, backends=backends, llm=llm,
                                    closed=vocabulary == "closed", structured=structured, repair=repair,
-                                   max_cues=max_cues) for s in cue_sets}
+                                   max_cues=max_cues, verdicts=verdicts) for s in cue_sets}
     for backend in backends.values():
         backend.config()  # resolves the model: weights joined and verified, identity known
     results = {}
@@ -275,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows per runner micro-batch (LLM sets have asked their distinct captions ahead)")
     p.add_argument("--ask-ahead", type=int, default=256,
                    help="distinct captions per LLM call when asking ahead of the micro-batches (0 = off)")
+    p.add_argument("--verdicts", choices=VERDICT_MODES, default="greedy",
+                   help="verdicts templates (cot): greedy = the decoded sounds/silent words; scored = each verdict "
+                   "decided from next-token margins in one extra forward pass (transformers backend; docs/cues.md)")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=0)
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                        llm_batch_size=a.llm_batch_size, tensor_parallel_size=a.tensor_parallel_size,
                        batch_size=a.batch_size, shard_size=a.shard_size, num_shards=a.num_shards,
                        shard_index=a.shard_index, progress=not a.no_progress, memo_dir=a.memo_dir,
-                       ask_ahead=a.ask_ahead)
+                       ask_ahead=a.ask_ahead, verdicts=a.verdicts)
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):
