@@ -21,7 +21,6 @@ as in :mod:`cues.generation`), so a verdict's margin does not depend on the batc
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
