@@ -73,7 +73,10 @@ cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE
 # thread each on CPU); the last one to finish writes the cards. The final call only checks that every
 # cache is complete and prints the sizes (nothing is recomputed, no model loaded).
 FEATURE_JOBS ?= 2
-FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40,ambient,offscreen $(FEATURE_ARGS)
+# Audio caches: the clean one, the negatives training and validation read (mute, offscreen), and the
+# preference test's other conditions for the test split only (`@test`: nothing else reads them)
+AUDIO_PERTURB ?= none,mute,offscreen,wgn:10@test,wgn:40@test,ambient@test
+FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb $(AUDIO_PERTURB) $(FEATURE_ARGS)
 
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=, FEATURE_JOBS=)
 	@pids=; for r in $$(seq 1 $$(( $(FEATURE_JOBS) - 1 ))); do \
