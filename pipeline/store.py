@@ -6,9 +6,9 @@ shard's Parquet rows, ``card.json``, ``.completed``, and (written here) one ``in
 ``(dataset, split, uid, frame_idx) -> (shard, row, failure)``. Text caches also hold
 ``cue_table.npy`` ``[V, Dt]`` and ``cue_vocab.json`` (V strings).
 
-Training and evaluation read features only through :class:`FeatureStore`, which memory-maps
-the shards (``np.load(mmap_mode="r")``) and copies out just the requested rows, so an epoch
-never reads whole files into memory. A missing or failed row is an error naming the cache,
+Training and evaluation read features only through :class:`FeatureStore`, which reads just the
+requested rows of a shard (``pread`` at the offset its ``.npy`` header gives), so an epoch
+never reads whole files into memory or keeps pages mapped. A missing or failed row is an error naming the cache,
 the uid and the frame: a failed row's arrays are zero-filled on disk and must never be used.
 
 >>> import tempfile, numpy as np, pandas as pd
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,12 +37,13 @@ import pyarrow.parquet as pq
 from pipeline.fingerprint import canonical_json
 from pipeline.runner import (CARD, COMPLETED, FAILURE, ArraySpec, ShardOutput, Stage, StageError, StageResult,
                              read_card, read_stage, run_stage, shard_name)
-from pipeline.shards import ShardChecker
+from pipeline.shards import ShardChecker, damaged_error
 
 INDEX = "index.parquet"
 CUE_TABLE = "cue_table.npy"
 CUE_VOCAB = "cue_vocab.json"
 INDEX_COLUMNS = ("dataset", "split", "uid", "frame_idx", "shard", "row", FAILURE)
+MAX_OPEN_FILES = 64  # descriptors one store keeps open (least recently used closed first)
 
 
 class FeatureStoreError(StageError):
@@ -83,7 +85,7 @@ def card_mismatches(card: Mapping[str, Any], expect: Mapping[str, Any]) -> list[
 
 
 class FeatureStore:
-    """Memory-mapped reader of one finished feature cache directory.
+    """Row reader of one finished feature cache directory.
 
     Args:
         cache_dir: ``cache/<ds>/<stage>/<fp>/`` (e.g. from :func:`pipeline.runner.latest`).
@@ -126,6 +128,18 @@ class FeatureStore:
             if all(s == s0 and r == r0 + i and not e for i, (s, r, e) in enumerate(locs)):
                 self._slices[u] = (s0, r0, len(fs))
         self._maps: dict[tuple[int, str], np.ndarray] = {}
+        # (shard, key) -> (path, data offset, dtype, row shape, rows) of a C-order .npy, for reads by
+        # pread: a clip's rows cost one system call instead of a header parse and a fresh mapping
+        self._layout: dict[tuple[int, str], tuple[str, int, np.dtype, tuple[int, ...], int]] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()  # open descriptors, least recently used first
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker process opens its own descriptors and mappings (those of this process mean nothing there)
+        return {**self.__dict__, "_maps": {}, "_fds": OrderedDict()}
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.dir)!r}, rows={len(self.index)}, keys={list(self.keys)})"
@@ -152,6 +166,32 @@ class FeatureStore:
             arr = self._maps[(shard, key)] = np.load(path, mmap_mode="r")
         return arr
 
+    def _read_rows(self, shard: int, key: str, row0: int, n: int) -> np.ndarray:
+        """``[n, ...]`` rows ``row0..row0+n`` of one shard's array, read with ``pread`` into a fresh array
+        (nothing is mapped, so nothing stays resident after the copy)."""
+        lay = self._layout.get((shard, key))
+        if lay is None:
+            arr = self._array(shard, key)  # checks the file against its commit record, parses the header
+            if not arr.flags.c_contiguous:  # never written so (write_cache saves C order); the mapped path reads it
+                return np.array(arr[row0:row0 + n])
+            lay = self._layout[(shard, key)] = (str(arr.filename), int(arr.offset), arr.dtype, arr.shape[1:], arr.shape[0])
+            del self._maps[(shard, key)]
+        path, offset, dtype, row_shape, rows = lay
+        out = np.empty((n, *row_shape), dtype)
+        if row0 < 0 or row0 + n > rows:
+            raise FeatureStoreError(f"{path}: rows {row0}..{row0 + n - 1} outside its {rows} rows")
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if len(self._fds) >= MAX_OPEN_FILES:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[path] = fd
+        got = os.preadv(fd, [out], offset + row0 * out[:1].nbytes) if n else 0
+        if got != out.nbytes:
+            raise damaged_error(Path(path), f"short read: {got} of {out.nbytes} bytes at row {row0}",
+                                self.card.get("stage"))
+        return out
+
     def release(self) -> None:
         """Unmap the shards read so far, so their pages stop counting toward this process's RSS.
 
@@ -175,7 +215,8 @@ class FeatureStore:
         import torch  # lazily: the feature stages use this module without loading torch
 
         shard, row = self._locate(uid, frame_idx)
-        return torch.from_numpy(np.array(self._array(shard, key)[row]))
+        one = self._read_rows(shard, key, row, 1)
+        return torch.from_numpy(one.reshape(one.shape[1:]))  # a 0-d array for a scalar row, as before
 
     def clip(self, uid: str, key: str) -> "torch.Tensor":
         """``[T, ...]``: all frames of ``uid`` in frame order."""
@@ -184,9 +225,9 @@ class FeatureStore:
         sl = self._slices.get(uid)
         if sl is not None:  # the common case: one contiguous slice of one shard, all rows good
             shard, row0, n = sl
-            return torch.from_numpy(np.array(self._array(shard, key)[row0:row0 + n]))
+            return torch.from_numpy(self._read_rows(shard, key, row0, n))
         locs = [self._locate(uid, f) for f in self.frames(uid)]  # raises on a failed/missing frame
-        return torch.from_numpy(np.stack([self._array(s, key)[r] for s, r in locs]))
+        return torch.from_numpy(np.concatenate([self._read_rows(s, key, r, 1) for s, r in locs]))
 
     @property
     def cue_table(self) -> "torch.Tensor":

@@ -37,11 +37,13 @@ class TinySpec:
 
 def write_tiny_dataset(root: str | Path, *, dataset: str = "tiny", spec: TinySpec | None = None, seed: int = 0,
                        nan_audio_uids: tuple[str, ...] = (), encoders: dict[str, str] | None = None,
-                       cue_tags: tuple[str, ...] = ("cot",), audio_tags: tuple[str, ...] = ()) -> Path:
+                       cue_tags: tuple[str, ...] = ("cot",), audio_tags: tuple[str, ...] = (),
+                       audio_tag_splits: dict[str, tuple[str, ...]] | None = None) -> Path:
     """Write ``root/manifests/<dataset>.parquet`` and ``root/cache/<dataset>/...``; return the manifest path.
 
     One text cache per ``cue_tags`` entry (``latest-<tag>.json``); one perturbed audio cache per
-    ``audio_tags`` entry, every value ``-(its position + 1)`` (tells the swapped audio apart). ``nan_audio_uids`` get NaN audio features (to provoke a non-finite loss). Frame 1 of every
+    ``audio_tags`` entry, every value ``-(its position + 1)`` (tells the swapped audio apart), over the
+    splits ``audio_tag_splits[tag]`` only if given (as ``--audio-perturb <tag>@<splits>`` makes them). ``nan_audio_uids`` get NaN audio features (to provoke a non-finite loss). Frame 1 of every
     clip has no ground truth (``mask_valid`` 0) and frame 0 of the first clip has zero cues.
     """
     spec = spec or TinySpec()
@@ -94,8 +96,11 @@ def write_tiny_dataset(root: str | Path, *, dataset: str = "tiny", spec: TinySpe
                     card={"encoder": {"name": enc["text"]}, "cues": tag}, tag=tag,
                     cue_table=table, cue_vocab=[f"{tag}{v}" for v in range(spec.vocab)])
     for j, tag in enumerate(audio_tags):  # after every rng draw: the other caches do not change
-        write_cache(root / "cache", dataset, "audio", keys, {"audio": np.full_like(audio, -(j + 1))},
-                    card={"encoder": {"name": enc["audio"]}, "perturb": tag}, tag=tag)
+        only = (audio_tag_splits or {}).get(tag)
+        keep = keys["split"].isin(only).to_numpy() if only else np.ones(len(keys), bool)
+        write_cache(root / "cache", dataset, "audio", keys[keep], {"audio": np.full_like(audio, -(j + 1))[keep]},
+                    card={"encoder": {"name": enc["audio"]}, "perturb": tag, **({"splits": list(only)} if only else {})},
+                    tag=tag)
     return manifest
 
 

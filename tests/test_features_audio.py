@@ -76,6 +76,26 @@ def test_wgn_cache_differs_from_clean(audio_caches):
     assert not np.array_equal(clean.clip(u, "audio").numpy(), noisy.clip(u, "audio").numpy())
 
 
+def test_split_restricted_cache_holds_only_its_split_and_the_same_vectors(tiny, yamnet, audio_caches, tmp_path):
+    """``wgn:10@test``: only the test frames, each equal to the all-splits wgn10 cache's (the noise is
+    seeded by uid, not by row); its own fingerprint; caches without '@' keep a config without splits."""
+    splits = sorted(set(tiny.frames["split"]))
+    only = splits[-1]
+    res = run_audio(tiny, yamnet, perturb=f"wgn:10@{only}", cache_root=tmp_path / "c",
+                    dataset="synthavs", progress=False)
+    part, full = FeatureStore(res.out_dir), FeatureStore(audio_caches["wgn:10"].out_dir)
+    assert res.out_dir != audio_caches["wgn:10"].out_dir
+    assert part.card["config"]["splits"] == part.card["splits"] == [only]  # in the fingerprinted config, and said
+    assert "splits" not in full.card["config"] and "splits" not in full.card
+    assert set(part.index["split"]) == {only} and len(part.index) == int((tiny.frames["split"] == only).sum())
+    for uid in part.uids:
+        np.testing.assert_array_equal(part.clip(uid, "audio").numpy(), full.clip(uid, "audio").numpy())
+    with pytest.raises(ValueError, match="no split"):
+        run_audio(tiny, yamnet, perturb="wgn:10@nosuchsplit", cache_root=tmp_path, dataset="synthavs", progress=False)
+    with pytest.raises(ValueError, match="name the splits"):
+        run_audio(tiny, yamnet, perturb="wgn:10@", cache_root=tmp_path, dataset="synthavs", progress=False)
+
+
 def test_parse_perturb_rejects_garbage():
     with pytest.raises(ValueError, match="wgn:<snr_db>"):
         parse_perturb("loud")

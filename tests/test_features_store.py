@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,13 +43,28 @@ def test_roundtrip_bit_identical_across_shards(tmp_path):
     assert store.frames("c003") == [0, 1, 2, 3, 4]
 
 
-def test_shards_are_memory_mapped(tmp_path):
-    rows = _rows(2, 5)
-    res = write_cache(tmp_path, "toy", "audio", rows, {"audio": np.ones((10, 8), np.float16)}, tag="none")
+def test_rows_are_read_not_mapped_and_a_shrunk_shard_is_an_error(tmp_path, monkeypatch):
+    """A clip's rows come from one pread per shard and key (no mapping stays behind); with one open
+    descriptor allowed, reads across shards still agree; a shard cut short after its first read is a
+    damaged-shard error, not zeros."""
+    import pipeline.store as S
+    from pipeline.shards import CorruptShardError
+
+    rows = _rows(4, 5)
+    audio = np.arange(20 * 8, dtype=np.float32).reshape(20, 8)
+    res = write_cache(tmp_path, "toy", "audio", rows, {"audio": audio}, tag="none", shard_size=10)
     store = FeatureStore(res.out_dir)
-    store.get("c000", 0, "audio")
-    maps = list(store._maps.values())
-    assert maps and all(isinstance(m, np.memmap) for m in maps)
+    monkeypatch.setattr(S, "MAX_OPEN_FILES", 1)
+    for c in (0, 3, 1, 2, 0):  # alternating shards through a single descriptor
+        assert np.array_equal(store.clip(f"c{c:03d}", "audio").numpy(), audio[c * 5:(c + 1) * 5])
+    assert np.array_equal(store.get("c002", 4, "audio").numpy(), audio[14])
+    assert not store._maps and len(store._fds) == 1
+    path = Path(store._layout[(0, "audio")][0])
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 8 * 4)  # the last row of shard 0 is gone
+    store.clip("c000", "audio")  # rows 0-4 are still there
+    with pytest.raises(CorruptShardError, match="short read"):
+        store.clip("c001", "audio")
 
 
 def test_card_mismatch_refused(tmp_path):

@@ -118,6 +118,20 @@ def test_missing_perturbed_cache_is_one_line_naming_it_and_make_features(tiny):
     assert "\n" not in str(e.value) and "ambient" in line and "make features" in line and str(root / "cache") in line
 
 
+def test_negative_cache_of_other_splits_is_one_line_naming_them(tmp_path):
+    """A perturbed cache made with ``@test`` cannot serve training negatives: the error says which
+    splits it was made for and what to add."""
+    root = tmp_path / "t"
+    manifest = write_tiny_dataset(root, spec=TinySpec(clips={"train": 4, "val": 2, "test": 2}), audio_tags=("mute",),
+                                  audio_tag_splits={"mute": ("test",)})
+    dm = make_dm(root, manifest, train_negatives={"mute": 0.2})
+    with pytest.raises(FeatureCacheError) as e:
+        dm.setup("fit")
+    line = error_line(e.value)
+    assert "\n" not in str(e.value) and "missing from the mute audio cache" in line
+    assert "made for the splits ['test'] only" in line and "add 'train'" in line
+
+
 def test_bad_probabilities_refused():
     with pytest.raises(ValueError, match="unknown negative audio"):
         check_negatives({"wgn10": 0.1})

@@ -220,7 +220,10 @@ class AVSDataModule(pl.LightningDataModule):
                 if len(rows):
                     ex = ", ".join(f"{u}/{f}" + (f" ({e})" if isinstance(e, str) and e else "")
                                    for u, f, e in rows[["uid", "frame_idx", "failure"]].head(3).itertuples(index=False))
-                    problems.append(f"{len(rows)} {split} frames are {what} the {kind} cache (e.g. {ex}) at {store.dir}")
+                    only = store.card.get("splits")  # an audio cache made with --audio-perturb <spec>@<splits>
+                    problems.append(f"{len(rows)} {split} frames are {what} the {kind} cache (e.g. {ex}) at {store.dir}"
+                                    + (f", made for the splits {only} only (--audio-perturb ...@{'+'.join(only)}): "
+                                       f"add '{split}' to its spec" if only and what == "missing from" else ""))
         if problems:
             raise FeatureCacheError("; ".join(problems) + ". Fix the named files, then run `make features` (it "
                                     "computes failed rows again) and train again")

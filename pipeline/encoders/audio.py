@@ -46,6 +46,25 @@ def parse_perturb(spec: str) -> tuple[str, float | None]:
     raise ConfigError(f"--audio-perturb {spec!r}: use none, mute, ambient, offscreen or wgn:<snr_db>")
 
 
+def parse_perturb_splits(spec: str) -> tuple[str, tuple[str, ...] | None]:
+    """``<perturbation>[@split+split...]`` -> (the perturbation spec, the splits it covers or None = every split).
+
+    A perturbed cache only the preference test reads (``wgn:10@test``) need not cover the training clips.
+
+    >>> parse_perturb_splits("wgn:10@test"), parse_perturb_splits("mute")
+    (('wgn:10', ('test',)), ('mute', None))
+    >>> parse_perturb_splits("ambient@val+test")
+    ('ambient', ('val', 'test'))
+    """
+    head, at, tail = spec.strip().partition("@")
+    if not at:
+        return head, None
+    splits = tuple(s.strip().lower() for s in tail.split("+") if s.strip())
+    if not splits:
+        raise ConfigError(f"--audio-perturb {spec!r}: name the splits after '@', e.g. wgn:10@test or ambient@val+test")
+    return head, splits
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """``[samples, channels]`` float32 and the sample rate; unreadable/empty files raise :class:`AudioError`."""
     path = Path(path)
