@@ -106,11 +106,11 @@ class LLMCues:
         # The synonym table maps the answers' names onto the categories after the memo, so an edit
         # to it changes the cues (not the raw answers): it is in the fingerprint, not the memo key.
         vocab_hash = text_hash(canonical_json(self.vocabulary.table)) if self.closed else None
-        # The decision rule reads the memoised margins: in the fingerprint, not the memo key.
-        verdicts = self.rule.config() if self.scoring else "greedy"
-        return {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
-                "map_to_vocabulary": self.closed, "vocabulary_hash": vocab_hash, "normalization": NORMALIZATION_VERSION,
-                "verdicts": verdicts}
+        config = {"source": self.backend.name, **self.settings(), "max_cues": self.max_cues, "answer": answer,
+                  "map_to_vocabulary": self.closed, "vocabulary_hash": vocab_hash, "normalization": NORMALIZATION_VERSION}
+        if self.scoring:  # the decision rule reads the memoised margins: in the fingerprint, not the memo key
+            config["verdict_rule"] = self.rule.config()
+        return config  # greedy verdicts (also a backend that cannot score): the fingerprint of before
 
     def items(self, res: dict[str, Any]) -> list[str]:
         """The cue phrases of an answer. A ``reason`` answer's are the objects its reasoning

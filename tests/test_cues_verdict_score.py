@@ -159,6 +159,7 @@ def test_scored_source_cues_key_fingerprint_and_failed_rows():
     # a backend without margins (vllm) keeps the greedy verdicts, and says so in its fingerprint
     fallback = LLMCues(t, FakeLLM(_answer), vocab, Memo(tempfile.mkdtemp()), repair=False, verdicts="scored")
     assert not fallback.scoring and fallback.key(caps[0]) == greedy.key(caps[0])
-    assert fallback.config()["verdicts"] == "greedy"
+    assert fallback.config() == LLMCues(t, FakeLLM(_answer), vocab, memo, repair=False).config()
+    assert "verdict_rule" not in greedy.config() and scored.config()["verdict_rule"]["method"] == "scored-v1"
     with pytest.raises(ValueError, match="verdicts 'best'"):
         LLMCues(t, FakeLLM(_answer), vocab, memo, verdicts="best")
