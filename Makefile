@@ -27,7 +27,7 @@ EXTRAS_STAMP := $(VENV)/.installed-extras
 # ~6 GB of wheels where pip took ~3 min on the 2-core box, and a second venv links from uv's cache).
 # uv reads no pip.conf: INSTALLER=pip uses pip and your pip configuration (a private index, say).
 INSTALLER ?= uv
-INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --python $(PY))
+INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY))
 
 .PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
 
@@ -96,11 +96,8 @@ train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., 
 eval: setup ## stage 5: metrics and report for the last training run
 	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
-# Models the preference test predicts side by side (one process and one thread each)
-PREFERENCE_JOBS ?= 2
-
-preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen; PREFERENCE_JOBS=)
-	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) --jobs $(PREFERENCE_JOBS) $(if $(PROTOCOL),--protocol $(PROTOCOL))
+preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen)
+	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 # Models the demo trains and compares (the preference test reads every runs/*/export). They train
 # side by side, DEMO_JOBS at a time: each training uses one thread (configs/experiment/demo.yaml),

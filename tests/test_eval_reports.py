@@ -162,25 +162,6 @@ def test_preference_missing_perturbed_cache_is_one_error(world, tmp_path, capsys
     assert len(err) == 1 and "wgn20" in err[0]
 
 
-def test_preference_jobs_gives_the_serial_rows(world, tmp_path, capsys):
-    """--jobs 2 (one model per spawned process) scores exactly what the serial run scores, and a
-    worker's bad input is still one error line."""
-    root = world["root"]
-    outs = {}
-    for jobs in (1, 2):
-        out = tmp_path / f"p{jobs}"
-        assert PR.main(["--runs-root", str(root / "runs"), "--out", str(out), "--reports", str(tmp_path / "r"),
-                        "--conditions", "none,mute", "--no-progress", "--jobs", str(jobs)]) == 0
-        outs[jobs] = json.loads((out / "preference.json").read_text())
-    assert outs[2]["rows"] == outs[1]["rows"] and outs[2]["models"] == outs[1]["models"]
-    assert {r["model"] for r in outs[2]["rows"]} == {"teso", "audio_only", PR.BASELINE}
-    capsys.readouterr()
-    assert PR.main(["--runs-root", str(root / "runs"), "--out", str(tmp_path / "bad"), "--conditions", "none,wgn20",
-                    "--no-progress", "--jobs", "2"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "wgn20" in err[0]
-
-
 def test_overlay_strip_and_text_table(tmp_path):
     frames = [np.full((20, 20, 3), 80 + 40 * i, np.uint8) for i in range(2)]
     gt = np.zeros((2, 8, 8), bool)

@@ -160,73 +160,13 @@ def baseline_predictions(dm, manifest, usual: list[str], *, protocol: str, progr
 
 
 # ---------------------------------------------------------------- the whole test
-def condition_data(cfg: dict[str, Any], cond: str, *, dataset: str | None, cache_root: str | None,
-                   manifest: str | None, split: str, batch_size: int | None, model_name: str):
-    """The data module of one audio condition and the frames and clips of ``split`` it scores."""
-    dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
-                         batch_size=batch_size, audio_tag=cond)
-    try:
-        audio_dir = dm.cache_dir("audio")
-    except StageError as e:
-        raise EvalError(f"audio condition '{cond}' for model {model_name}: {e} "
-                        f"(the features stage writes the perturbed caches: `make features`)") from None
-    clips = dm.clip_table(split)
-    man = read_manifest(dm.manifest_path)
-    frames = man.frames[man.frames["uid"].isin(clips["uid"])]
-    return dm, audio_dir, man, frames, clips
-
-
-def model_rows(name: str, export_dir: Path, *, conditions: Sequence[str], dataset: str | None, cache_root: str | None,
-               manifest: str | None, split: str, protocol: str, batch_size: int | None, progress: bool,
-               threads: int | None = None) -> tuple[list[dict[str, Any]], dict[str, str], str]:
-    """One model under every condition: its score rows, its audio cache per condition, the dataset name.
-
-    A top-level function so that ``run_preference(jobs=N)`` can run one model per worker process
-    (``threads``: that process's torch threads).
-    """
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = read_export_config(export_dir)
-    model = load_exported(export_dir)
-    rows: list[dict[str, Any]] = []
-    caches: dict[str, str] = {}
-    ds = None
-    for cond in conditions:
-        dm, audio_dir, _, frames, clips = condition_data(cfg, cond, dataset=dataset, cache_root=cache_root,
-                                                         manifest=manifest, split=split, batch_size=batch_size,
-                                                         model_name=name)
-        pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{name} / {cond}")
-        rows += rows_of(name, cond, groups_of(pred, frames, clips, protocol), protocol)
-        caches[cond], ds = str(audio_dir), dm.dataset
-    return rows, caches, ds
-
-
-def _all_model_rows(models: Sequence[tuple[str, Path]], jobs: int, **kw) -> list[tuple[list, dict, str]]:
-    """``model_rows`` of every model, in order; ``jobs`` > 1 runs them in that many processes with one
-    torch thread each (the ops are small: two one-thread processes beat one two-thread process)."""
-    if jobs <= 1 or len(models) <= 1:
-        return [model_rows(name, d, **kw) for name, d in models]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    kw = {**kw, "progress": False, "threads": 1}  # one progress bar per process would interleave
-    with ProcessPoolExecutor(max_workers=min(jobs, len(models)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(model_rows, name, d, **kw) for name, d in models]
-        out = []
-        for (name, _), fut in zip(models, futures):
-            out.append(fut.result())  # a worker's EvalError is raised here, as in the serial path
-            print(f"preference: {name} done", file=sys.stderr)
-        return out
-
-
 def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = None, dataset: str | None = None,
                    cache_root: str | None = None, manifest: str | None = None, split: str = "test",
                    protocol: str = M.DEFAULT_PROTOCOL, conditions: Sequence[str] = CONDITIONS,
                    out_dir: Path = REPORTS_ROOT / OUT_NAME, reports_root: Path = REPORTS_ROOT,
-                   batch_size: int | None = None, baseline: bool = True, jobs: int = 1,
+                   batch_size: int | None = None, baseline: bool = True,
                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Evaluate every model under every audio condition (``jobs`` models at a time, each in its own
-    process when ``jobs`` > 1); write JSON, markdown and bar charts."""
+    """Evaluate every model under every audio condition; write JSON, markdown and bar charts."""
     from train.negatives import fpr_markdown
     from train.pictures import preference_bars
     from train.report import CONDITION_LABELS, preference_md
@@ -239,16 +179,27 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
         raise EvalError(f"no exported model under {runs_root}/*/export; run `make train` first")
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"split": split, "protocol": protocol, "conditions": list(conditions), "models": {}}
-    data_kw = dict(dataset=dataset, cache_root=cache_root, manifest=manifest, split=split, batch_size=batch_size)
-    results = _all_model_rows(models, jobs, conditions=conditions, protocol=protocol, progress=progress, **data_kw)
-    for (name, export_dir), (model_rows_, caches, ds) in zip(models, results):
-        rows += model_rows_
-        meta["models"][name] = {"export": str(export_dir), "caches": caches}
-        meta["dataset"] = ds
-    base_dm = None
-    if baseline:  # the first model's normal-audio data: the baseline reads its clips and visible maps
-        base_dm, _, base_manifest, base_frames, base_clips = condition_data(
-            read_export_config(models[0][1]), "none", model_name=models[0][0], **data_kw)
+    base_dm = base_manifest = None
+    for name, export_dir in models:
+        cfg = read_export_config(export_dir)
+        model = load_exported(export_dir)
+        for cond in conditions:
+            dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
+                                 batch_size=batch_size, audio_tag=cond)
+            try:
+                audio_dir = dm.cache_dir("audio")
+            except StageError as e:
+                raise EvalError(f"audio condition '{cond}' for model {name}: {e} "
+                                f"(the features stage writes the perturbed caches: `make features`)") from None
+            clips = dm.clip_table(split)
+            man = read_manifest(dm.manifest_path)
+            frames = man.frames[man.frames["uid"].isin(clips["uid"])]
+            pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{name} / {cond}")
+            rows += rows_of(name, cond, groups_of(pred, frames, clips, protocol), protocol)
+            meta["models"].setdefault(name, {"export": str(export_dir), "caches": {}})["caches"][cond] = str(audio_dir)
+            meta["dataset"] = dm.dataset
+            if base_dm is None:
+                base_dm, base_manifest, base_frames, base_clips = dm, man, frames, clips
     if baseline and base_dm is not None:
         usual = usual_sounders(base_manifest)
         bpred = baseline_predictions(base_dm, base_manifest, usual, protocol=protocol, progress=progress) if usual else None
@@ -325,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", default=str(REPORTS_ROOT), help="reports root; evaluated runs' report.md get the table")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--jobs", type=int, default=1, help="models predicted side by side, one process and thread each")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -334,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                      protocol=args.protocol, conditions=[c for c in args.conditions.split(",") if c],
                                      out_dir=Path(args.out or Path(args.reports) / OUT_NAME),
                                      reports_root=Path(args.reports), batch_size=args.batch_size,
-                                     baseline=not args.no_baseline, jobs=args.jobs,
-                                     progress=not args.no_progress)
+                                     baseline=not args.no_baseline, progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
         if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
             raise
