@@ -23,8 +23,10 @@ APP_PKGS := gradio==6.31.0
 # and web-app extras with Gradio (`make test`, `make app`), which the demo never imports.
 STAMP := $(VENV)/.installed
 EXTRAS_STAMP := $(VENV)/.installed-extras
-# The installer: uv (put into the venv by pip, then it installs from PyPI: ~30 s for the pipeline's
-# ~6 GB of wheels where pip took ~3 min on the 2-core box, and a second venv links from uv's cache).
+# The installer: uv (put into the venv by pip, then it installs from PyPI: 65 s for the pipeline's
+# ~6 GB of wheels and their bytecode where pip took ~3 min on the 2-core box; a second venv links
+# from uv's cache). --compile-bytecode: without .pyc files (and with PYTHONDONTWRITEBYTECODE set, as
+# on the dev box) every process compiled torch, Lightning and transformers again, ~15 s each.
 # uv reads no pip.conf: INSTALLER=pip uses pip and your pip configuration (a private index, say).
 INSTALLER ?= uv
 INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY))

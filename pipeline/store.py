@@ -7,9 +7,10 @@ shard's Parquet rows, ``card.json``, ``.completed``, and (written here) one ``in
 ``cue_table.npy`` ``[V, Dt]`` and ``cue_vocab.json`` (V strings).
 
 Training and evaluation read features only through :class:`FeatureStore`, which reads just the
-requested rows of a shard (``pread`` at the offset its ``.npy`` header gives), so an epoch
-never reads whole files into memory or keeps pages mapped. A missing or failed row is an error naming the cache,
-the uid and the frame: a failed row's arrays are zero-filled on disk and must never be used.
+requested rows of a shard (``pread`` at the offset its ``.npy`` header gives), so an epoch never
+reads whole files into memory or keeps pages mapped. A missing or failed row is an error naming
+the cache, the uid and the frame: a failed row's arrays are zero-filled on disk and must never be
+used.
 
 >>> import tempfile, numpy as np, pandas as pd
 >>> root = tempfile.mkdtemp()
@@ -139,7 +140,10 @@ class FeatureStore:
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
-            os.close(fd)
+            try:
+                os.close(fd)
+            except (OSError, TypeError):  # already closed, or `os` gone at interpreter shutdown
+                pass
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.dir)!r}, rows={len(self.index)}, keys={list(self.keys)})"
