@@ -128,15 +128,14 @@ class FeatureStore:
             s0, r0, _ = locs[0]
             if all(s == s0 and r == r0 + i and not e for i, (s, r, e) in enumerate(locs)):
                 self._slices[u] = (s0, r0, len(fs))
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
-        # (shard, key) -> (path, data offset, dtype, row shape, rows) of a C-order .npy, for reads by
+        # (shard, key) -> (path, data offset, dtype, row shape, rows, C order) of its .npy, for reads by
         # pread: a clip's rows cost one system call instead of a header parse and a fresh mapping
-        self._layout: dict[tuple[int, str], tuple[str, int, np.dtype, tuple[int, ...], int]] = {}
+        self._layout: dict[tuple[int, str], tuple[str, int, np.dtype, tuple[int, ...], int, bool]] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # open descriptors, least recently used first
 
     def __getstate__(self) -> dict[str, Any]:
-        # a worker process opens its own descriptors and mappings (those of this process mean nothing there)
-        return {**self.__dict__, "_maps": {}, "_fds": OrderedDict()}
+        # a worker process opens its own descriptors (those of this process mean nothing there)
+        return {**self.__dict__, "_fds": OrderedDict()}
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
@@ -161,26 +160,25 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.dir}: no rows for uid {uid!r}")
         return self._frames[uid]
 
-    def _array(self, shard: int, key: str) -> np.ndarray:
-        arr = self._maps.get((shard, key))
-        if arr is None:
+    def _shard_layout(self, shard: int, key: str) -> tuple[str, int, np.dtype, tuple[int, ...], int, bool]:
+        """One shard file's layout, from its ``.npy`` header (read once per store; the file is checked
+        against its commit record then)."""
+        lay = self._layout.get((shard, key))
+        if lay is None:
             if key not in self.specs:
                 raise FeatureStoreError(f"{self.dir}: no array {key!r}; this cache has {list(self.keys)}")
             path = self._checker.check(shard, shard_name(shard, key))  # size (hash on verify) vs its commit
-            arr = self._maps[(shard, key)] = np.load(path, mmap_mode="r")
-        return arr
+            arr = np.load(path, mmap_mode="r")  # parses the header; the mapping is dropped right away
+            lay = self._layout[(shard, key)] = (str(path), int(arr.offset), arr.dtype, arr.shape[1:], arr.shape[0],
+                                                bool(arr.flags.c_contiguous))
+        return lay
 
     def _read_rows(self, shard: int, key: str, row0: int, n: int) -> np.ndarray:
         """``[n, ...]`` rows ``row0..row0+n`` of one shard's array, read with ``pread`` into a fresh array
         (nothing is mapped, so nothing stays resident after the copy)."""
-        lay = self._layout.get((shard, key))
-        if lay is None:
-            arr = self._array(shard, key)  # checks the file against its commit record, parses the header
-            if not arr.flags.c_contiguous:  # never written so (write_cache saves C order); the mapped path reads it
-                return np.array(arr[row0:row0 + n])
-            lay = self._layout[(shard, key)] = (str(arr.filename), int(arr.offset), arr.dtype, arr.shape[1:], arr.shape[0])
-            del self._maps[(shard, key)]
-        path, offset, dtype, row_shape, rows = lay
+        path, offset, dtype, row_shape, rows, c_order = self._shard_layout(shard, key)
+        if not c_order:  # never written so (write_cache saves C order): copied out of a mapping dropped at once
+            return np.array(np.load(path, mmap_mode="r")[row0:row0 + n])
         out = np.empty((n, *row_shape), dtype)
         if row0 < 0 or row0 + n > rows:
             raise FeatureStoreError(f"{path}: rows {row0}..{row0 + n - 1} outside its {rows} rows")
@@ -195,14 +193,6 @@ class FeatureStore:
             raise damaged_error(Path(path), f"short read: {got} of {out.nbytes} bytes at row {row0}",
                                 self.card.get("stage"))
         return out
-
-    def release(self) -> None:
-        """Unmap the shards read so far, so their pages stop counting toward this process's RSS.
-
-        The training data module calls it after each clip: resident memory then stays flat over
-        an epoch however large the cache is; the next read maps its shard again (a header read).
-        """
-        self._maps.clear()
 
     def _locate(self, uid: str, frame_idx: int) -> tuple[int, int]:
         pos = self._pos.get((uid, int(frame_idx)))

@@ -93,7 +93,6 @@ class NegativeAudioDataset(Dataset):
         store = self._stores[tag]
         item.audio = store.clip(item.uid, "audio").float()
         item.negative = tag
-        store.release()  # a few clips per epoch: resident memory stays bounded whatever the cache size
         item.masks = torch.zeros_like(item.masks)  # nothing visible sounds; mask_valid is kept
         if item.class_masks is not None:
             item.class_masks = torch.zeros_like(item.class_masks)

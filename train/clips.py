@@ -100,14 +100,12 @@ class CacheSpec:
 
 
 class ClipDataset(Dataset):
-    """Clips of one split; stores are opened lazily in each worker process (mmaps don't pickle well)."""
+    """Clips of one split; stores are opened lazily in each worker process (file descriptors are per process)."""
 
-    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool, unmap_every: int,
+    def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool,
                  labels: dict[str, torch.Tensor] | None = None) -> None:
         self.uids = list(uids)
         self.labels = labels
-        self.unmap_every = unmap_every
-        self._since_unmap = 0
         self.spec = spec
         self.clip_len = clip_len
         self.class_masks = class_masks
@@ -148,11 +146,6 @@ class ClipDataset(Dataset):
             class_masks=visual.clip(uid, "class_mask").long() if self.class_masks else None,
             frame_labels=None if self.labels is None else self.labels.get(uid),
         )
-        self._since_unmap += 1
-        if self._since_unmap >= self.unmap_every:  # resident memory must not grow with the cache size
-            for store in (audio, visual, text):
-                store.release()
-            self._since_unmap = 0
         return item
 
 

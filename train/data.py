@@ -58,9 +58,6 @@ class AVSDataModule(pl.LightningDataModule):
             ``{"encoder": "yamnet"}``; a cache built with other encoders is refused.
         class_masks: serve per-class masks (AVSS semantic training).
         seed: shuffling seed (the order depends only on seed and epoch).
-        unmap_every: clips read between unmapping the caches' shards: the mapped pages a reader
-            has touched count toward its RSS, so this bounds resident feature memory to about that
-            many clips whatever the cache size (re-mapping costs ~2.5 ms per clip, hence not every clip).
         verify_shards: hash every shard file against its commit record when first read (default: sizes).
         train_negatives: negative audio for training (:mod:`train.audio_negatives`): perturbation tag
             (``mute``, ``ambient``, ``offscreen``) -> probability per training clip and epoch of
@@ -97,7 +94,6 @@ class AVSDataModule(pl.LightningDataModule):
         expect_text: dict[str, Any] | None = None,
         class_masks: bool = False,
         seed: int = 0,
-        unmap_every: int = 8,
         verify_shards: bool = False,
         train_negatives: dict[str, float] | None = None,
         val_negatives: dict[str, float] | None = None,
@@ -126,7 +122,6 @@ class AVSDataModule(pl.LightningDataModule):
         self.expect = {"audio": expect_audio, "visual": expect_visual, "text": expect_text}
         self.class_masks = class_masks
         self.seed = seed
-        self.unmap_every = unmap_every
         self.negatives = {"train": check_negatives(train_negatives),
                           "val": check_negatives(val_negatives, name="data.val_negatives")}
         self._clips: pd.DataFrame | None = None
@@ -240,7 +235,7 @@ class AVSDataModule(pl.LightningDataModule):
             if self._labels is None:
                 self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
             ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
-                             class_masks=self.class_masks, unmap_every=self.unmap_every)
+                             class_masks=self.class_masks)
             probs = self.negatives.get(stage)  # never test: its audio and masks stay
             if probs:
                 ds = NegativeAudioDataset(ds, audio_dirs=self._negative_dirs(clips, stage), probs=probs,
