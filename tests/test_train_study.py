@@ -11,7 +11,7 @@ import pytest
 from manifests.schema import read_manifest
 from pipeline.store import write_cache
 from tests.dummies_train import TinySpec, tiny_config, write_tiny_dataset
-from train.study import StudyError, fit_args, parse_variant, run_study
+from train.study import StudyError, cue_tag_of, fit_args, inputs_stamp, parse_variant, run_study
 from train.study_eval import ROW_KEYS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -82,6 +82,37 @@ def test_variant_specs_and_bad_input(tmp_path):
     assert own[own.index("--data.cues_tag") + 1] == "active"
     with pytest.raises(StudyError, match="nosuchmodel"):
         run_study(variants=["nosuchmodel"], seeds=1, runs_dir=tmp_path, out_dir=tmp_path)
+
+
+def test_stamp_counts_the_runs_own_cue_set_only(tmp_path):
+    """A new cue set (another variant's) leaves finished runs reusable; their own inputs do not."""
+    root = tmp_path / "cache"
+
+    def point(stage: str, name: str, fp: str) -> None:
+        (root / "ds" / stage).mkdir(parents=True, exist_ok=True)
+        (root / "ds" / stage / name).write_text(json.dumps({"fingerprint": fp}))
+
+    for stage, name in [("audio", "latest-none.json"), ("visual", "latest.json"), ("cues", "latest-cot.json"),
+                        ("text", "latest-cot.json"), ("text", "latest-vocab.json")]:
+        point(stage, name, "a")
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text("data:\n  cues_tag: cot\n")
+    args = ["fit", "--config", str(cfg), "--seed_everything", "0"]
+    assert cue_tag_of(args) == "cot" and cue_tag_of([*args, "--data.cues_tag", "vocab"]) == "vocab"
+    assert cue_tag_of(["fit"]) == "cot"  # the data module's default
+    before = inputs_stamp(args, str(root))
+    point("cues", "latest-cot15.json", "b")
+    point("text", "latest-cot15.json", "b")
+    point("text", "latest-vocab.json", "b")
+    assert inputs_stamp(args, str(root)) == before  # other cue sets: reuse
+    vocab = inputs_stamp([*args, "--data.cues_tag", "vocab"], str(root))
+    point("text", "latest-vocab.json", "c")
+    assert inputs_stamp([*args, "--data.cues_tag", "vocab"], str(root)) != vocab  # its own set: retrain
+    point("text", "latest-cot.json", "b")
+    assert inputs_stamp(args, str(root)) != before
+    again = inputs_stamp(args, str(root))
+    point("audio", "latest-none.json", "b")
+    assert inputs_stamp(args, str(root)) != again  # every non-cue pointer still counts
 
 
 def test_delta_m_goal_says_when_a_listening_baseline_caps_the_ratio():

@@ -71,15 +71,36 @@ def fit_args(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path,
                    "--ckpt_path", "last", *train_args]
 
 
+def cue_tag_of(args: Sequence[str]) -> str:
+    """The cue set a run with these fit arguments reads: the last ``data.cues_tag`` of its config
+    files and ``--data.cues_tag`` arguments, in order (as the CLI applies them), else the data
+    module's default."""
+    import yaml
+
+    tag = "cot"  # train.data.AVSDataModule's default
+    for flag, value in zip(args, args[1:]):
+        if flag == "--data.cues_tag":
+            tag = value
+        elif flag == "--config" and Path(value).exists():
+            data = (yaml.safe_load(Path(value).read_text()) or {}).get("data") or {}
+            tag = data.get("cues_tag", tag)
+    return tag
+
+
 def inputs_stamp(args: Sequence[str], cache_root: str | None) -> str:
-    """Hash of the fit arguments, the config files they name and every cache pointer: a rerun
-    reuses a finished job only when none of them changed."""
+    """Hash of the fit arguments, the config files they name and the cache pointers the run reads:
+    a rerun reuses a finished job only when none of them changed. Of the cue-set pointers
+    (``cues/latest-<set>.json``, ``text/latest-<set>.json``) only the run's own set counts, so making
+    another cue set (say ``teso:cot15``'s) does not retrain the finished runs."""
     h = hashlib.sha256(json.dumps(list(args)).encode())
     for a in args:
         if a.endswith(".yaml") and Path(a).exists():
             h.update(Path(a).read_bytes())
     root = Path(cache_root) if cache_root else None
+    own = f"latest-{cue_tag_of(args)}.json"
     for p in sorted(root.glob("*/*/latest*.json")) if root and root.exists() else []:
+        if p.parent.name in ("cues", "text") and p.name != own:
+            continue
         h.update(str(p).encode() + p.read_bytes())
     return h.hexdigest()[:16]
 
