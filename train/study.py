@@ -75,9 +75,13 @@ def cue_tag_of(args: Sequence[str]) -> str:
     """The cue set a run with these fit arguments reads: the last ``data.cues_tag`` of its config
     files and ``--data.cues_tag`` arguments, in order (as the CLI applies them), else the data
     module's default."""
+    import inspect
+
     import yaml
 
-    tag = "cot"  # train.data.AVSDataModule's default
+    from train.data import AVSDataModule
+
+    tag = inspect.signature(AVSDataModule.__init__).parameters["cues_tag"].default
     for flag, value in zip(args, args[1:]):
         if flag == "--data.cues_tag":
             tag = value
