@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,17 @@ DEMO_LEVELS = ("s8", "s16", "s32")
 MASK_SIZE = 56  # = INPUT_SIZE / 4, the resolution of Mask2Former's mask features
 MAX_CUES = 4    # cue tokens per frame (the official code's num_a)
 VISUAL_BATCH = 1  # measured fastest on CPU (bigger batches fall out of cache); use 16-64 with --device cuda
-CUE_SETS = ("cot", "direct", "vocab", "oracle", "active")  # the ones `--cue-sets auto` looks for
+CUE_SETS = ("cot", "direct", "vocab", "oracle", "active")  # the presets, in the order `--cue-sets auto` takes them
 ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "audio_path",
                 "audio_start_s", "audio_end_s"]
+
+
+def finished_cue_sets(cues_dir: Path) -> list[str]:
+    """``--cue-sets auto``: every cue set with a finished cue stage (a ``latest-<set>.json`` pointer in
+    ``cache/<dataset>/cues/``), the presets first, then named sets such as ``cot15`` (made with
+    ``--sets cot15=transformers:cot-v3``) in name order."""
+    found = sorted(p.name[len("latest-"):-len(".json")] for p in Path(cues_dir).glob("latest-*.json"))
+    return [s for s in CUE_SETS if s in found] + [s for s in found if s not in CUE_SETS]
 
 
 def bytes_per_row(specs: dict[str, ArraySpec]) -> int:

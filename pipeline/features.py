@@ -33,8 +33,9 @@ from pipeline.encoders.text import build_text
 from pipeline.encoders.visual import LEVELS, build_visual
 from pipeline.encoders.yamnet import YAMNetEncoder
 from pipeline.errors import ConfigError, StageError, run_cli
-from pipeline.feature_stages import (AUDIO_ENCODER, CUE_SETS, DEMO_LEVELS, INPUT_SIZE, ITEM_COLUMNS, MASK_SIZE, MAX_CUES,
-                                     TEXT_ENCODER, VISUAL_BATCH, VISUAL_ENCODER, AudioStage, TextStage, VisualStage)
+from pipeline.feature_stages import (AUDIO_ENCODER, DEMO_LEVELS, INPUT_SIZE, ITEM_COLUMNS, MASK_SIZE, MAX_CUES,
+                                     TEXT_ENCODER, VISUAL_BATCH, VISUAL_ENCODER, AudioStage, TextStage, VisualStage,
+                                     finished_cue_sets)
 from pipeline.runner import StageResult, latest, print_summary, read_card, read_stage, run_stage
 from pipeline.store import CUE_TABLE, CUE_VOCAB, FeatureStoreError, finish_cache, read_cue_files
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             res = run_audio(manifest, enc, perturb=spec, seed=a.noise_seed, **run_kw)
             total += report(res, f"features/audio[{parse_perturb(parse_perturb_splits(spec)[0])[0]}]")
     if "text" in what:
-        sets = [s for s in CUE_SETS if (Path(a.cache_root) / a.dataset / "cues" / f"latest-{s}.json").exists()] \
+        sets = finished_cue_sets(Path(a.cache_root) / a.dataset / "cues") \
             if a.cue_sets == "auto" else [s.strip() for s in a.cue_sets.split(",") if s.strip()]
         if not sets:  # said at the end, after the other caches are done
             missing_cues = (f"{Path(a.cache_root) / a.dataset / 'cues'}: no finished cue stage, so no text features; "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.encoders.text import MiniLMText
-from pipeline.feature_stages import frame_cues
+from pipeline.feature_stages import finished_cue_sets, frame_cues
 from pipeline.features import run_text
 from pipeline.store import FeatureStore, FeatureStoreError
 from tests.dummies_features import tiny_synthavs, write_cues
@@ -72,6 +72,15 @@ def test_failed_cue_rows_fail_text_rows(tiny, minilm, tmp_path):
 def test_missing_cue_stage_is_a_clear_error(tiny, minilm, tmp_path):
     with pytest.raises(Exception, match="run `make cues` first"):
         run_text(tiny, minilm, cue_set="oracle", cache_root=tmp_path, dataset="synthavs", progress=False)
+
+
+def test_auto_cue_sets_include_named_sets(tmp_path):
+    """`--cue-sets auto` finds every finished cue stage: the presets first, then a named set such as
+    `cot15` (the 1.5B's), which the text stage once skipped."""
+    for name in ("latest-vocab.json", "latest-cot15.json", "latest-cot.json", "card.json", "latest.json.tmp"):
+        (tmp_path / name).write_text("{}")
+    assert finished_cue_sets(tmp_path) == ["cot", "vocab", "cot15"]
+    assert finished_cue_sets(tmp_path / "missing") == []
 
 
 def test_frame_cues_normalises():
