@@ -21,7 +21,7 @@ from pipeline.encoders.logmel import to_mono_16k, waveform_to_examples
 from pipeline.encoders.visual import LEVELS, normalise  # torch is imported lazily inside
 from pipeline.errors import ConfigError
 from pipeline.media import ClipImageSizes, FrameError, check_audio, check_covers, decode_mask, load_image
-from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage
+from pipeline.runner import FAILURE, ArraySpec, ShardOutput, Stage, finished_tags
 
 FEATURES_VERSION = 1
 # Demo defaults (fit the CPU budget); real AVSBench runs use the paper's settings (README, Real data on a GPU).
@@ -38,11 +38,10 @@ ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_pat
                 "audio_start_s", "audio_end_s"]
 
 
-def finished_cue_sets(cues_dir: Path) -> list[str]:
-    """``--cue-sets auto``: every cue set with a finished cue stage (a ``latest-<set>.json`` pointer in
-    ``cache/<dataset>/cues/``), the presets first, then named sets such as ``cot15`` (made with
-    ``--sets cot15=transformers:cot-v3``) in name order."""
-    found = sorted(p.name[len("latest-"):-len(".json")] for p in Path(cues_dir).glob("latest-*.json"))
+def finished_cue_sets(cache_root: str | Path, dataset: str) -> list[str]:
+    """``--cue-sets auto``: every cue set with a finished cue stage, the presets first, then named
+    sets such as ``cot15`` (made with ``--sets cot15=transformers:cot-v3``) in name order."""
+    found = finished_tags(cache_root, dataset, "cues")
     return [s for s in CUE_SETS if s in found] + [s for s in found if s not in CUE_SETS]
 
 

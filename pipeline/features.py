@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             res = run_audio(manifest, enc, perturb=spec, seed=a.noise_seed, **run_kw)
             total += report(res, f"features/audio[{parse_perturb(parse_perturb_splits(spec)[0])[0]}]")
     if "text" in what:
-        sets = finished_cue_sets(Path(a.cache_root) / a.dataset / "cues") \
+        sets = finished_cue_sets(a.cache_root, a.dataset) \
             if a.cue_sets == "auto" else [s.strip() for s in a.cue_sets.split(",") if s.strip()]
         if not sets:  # said at the end, after the other caches are done
             missing_cues = (f"{Path(a.cache_root) / a.dataset / 'cues'}: no finished cue stage, so no text features; "

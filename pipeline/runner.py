@@ -177,6 +177,12 @@ def _pointer(cache_root: str | Path, dataset: str, stage: str, tag: str | None) 
     return Path(cache_root) / dataset / stage / (f"latest-{tag}.json" if tag else "latest.json")
 
 
+def finished_tags(cache_root: str | Path, dataset: str, stage: str) -> list[str]:
+    """Tags with a finished run of ``stage`` (a ``latest-<tag>.json`` pointer), in name order."""
+    folder = _pointer(cache_root, dataset, stage, None).parent
+    return sorted(p.name[len("latest-"):-len(".json")] for p in folder.glob("latest-*.json"))
+
+
 def _check_committed(out: Path, shards: list[int]) -> dict[int, str]:
     """The rerun check: hash every committed shard's files; move damaged shards aside."""
     damaged = {}

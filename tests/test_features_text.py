@@ -77,10 +77,12 @@ def test_missing_cue_stage_is_a_clear_error(tiny, minilm, tmp_path):
 def test_auto_cue_sets_include_named_sets(tmp_path):
     """`--cue-sets auto` finds every finished cue stage: the presets first, then a named set such as
     `cot15` (the 1.5B's), which the text stage once skipped."""
+    cues = tmp_path / "ds" / "cues"
+    cues.mkdir(parents=True)
     for name in ("latest-vocab.json", "latest-cot15.json", "latest-cot.json", "card.json", "latest.json.tmp"):
-        (tmp_path / name).write_text("{}")
-    assert finished_cue_sets(tmp_path) == ["cot", "vocab", "cot15"]
-    assert finished_cue_sets(tmp_path / "missing") == []
+        (cues / name).write_text("{}")
+    assert finished_cue_sets(tmp_path, "ds") == ["cot", "vocab", "cot15"]
+    assert finished_cue_sets(tmp_path, "other") == []
 
 
 def test_frame_cues_normalises():
