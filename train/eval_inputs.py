@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from manifests.schema import ManifestError
+import pandas as pd
+
+from manifests.schema import Manifest, ManifestError, read_manifest
 from pipeline.errors import StageError, UserError
 from train.data import AVSDataModule, FeatureCacheError
 from train.export import ExportError
@@ -83,3 +85,10 @@ def make_datamodule(export_cfg: dict[str, Any], *, dataset: str | None = None, c
     if batch_size is not None:
         kw["eval_batch_size"] = batch_size
     return AVSDataModule(**kw)
+
+
+def scored_split(dm: AVSDataModule, split: str) -> tuple[Manifest, pd.DataFrame, pd.DataFrame]:
+    """What an evaluation of ``split`` scores: the manifest (read once), the split's frames and its clips."""
+    clips = dm.clip_table(split)
+    manifest = read_manifest(dm.manifest_path)
+    return manifest, manifest.frames[manifest.frames["uid"].isin(clips["uid"])], clips

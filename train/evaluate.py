@@ -37,7 +37,7 @@ from pipeline.store import FeatureStore
 from train import metrics as M
 from train.data import AVSDataModule
 from train.eval_inputs import (EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, make_datamodule,
-                               resolve_export)
+                               resolve_export, scored_split)
 from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
 from train.export import load_exported, read_export_config
 
@@ -151,13 +151,11 @@ def evaluate(*, run: str | Path | None = None, export: str | Path | None = None,
     semantic = bool(getattr(model, "semantic", False))
     dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
                          batch_size=batch_size, semantic=semantic)
-    clips = dm.clip_table(split)
+    man, frames, clips = scored_split(dm, split)
     if clips.empty:
         raise EvalError(f"{dm.manifest_path}: no clips in split '{split}'")
-    frames = read_manifest(dm.manifest_path).frames
-    frames = frames[frames["uid"].isin(clips["uid"])]
     sample = sample_clips(clips, frames, n_overlays)
-    categories = read_manifest(dm.manifest_path).meta.get("categories")
+    categories = man.meta.get("categories")
     names = ["background", *categories] if categories else None
     protocols = list(dict.fromkeys([protocol, *M.PROTOCOLS]))
     pred = predict_clips(model, dm, protocols=protocols, keep=sample, progress=progress, semantic_names=names)

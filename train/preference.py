@@ -34,11 +34,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from manifests.schema import read_manifest
 from pipeline.errors import debug_enabled, error_line, run_cli
 from pipeline.runner import StageError
 from train import metrics as M
-from train.eval_inputs import EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, make_datamodule
+from train.eval_inputs import EVAL_ERRORS, REPORTS_ROOT, RUNS_ROOT, EvalError, make_datamodule, scored_split
 from train.eval_scoring import Predictions, frame_slices, predict_clips, score_group, score_slices_by_frame, subset_clips
 from train.export import load_exported, read_export_config
 
@@ -191,9 +190,7 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
             except StageError as e:
                 raise EvalError(f"audio condition '{cond}' for model {name}: {e} "
                                 f"(the features stage writes the perturbed caches: `make features`)") from None
-            clips = dm.clip_table(split)
-            man = read_manifest(dm.manifest_path)
-            frames = man.frames[man.frames["uid"].isin(clips["uid"])]
+            man, frames, clips = scored_split(dm, split)
             pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{name} / {cond}")
             rows += rows_of(name, cond, groups_of(pred, frames, clips, protocol), protocol)
             meta["models"].setdefault(name, {"export": str(export_dir), "caches": {}})["caches"][cond] = str(audio_dir)

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from manifests.schema import read_manifest
 from train import metrics as M
 from train.controls import CueControl
-from train.eval_inputs import make_datamodule
+from train.eval_inputs import make_datamodule, scored_split
 from train.eval_scoring import predict_clips
 from train.export import load_exported, read_export_config
 from train.preference import groups_of
@@ -38,9 +37,7 @@ def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: S
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for cond in STUDY_CONDITIONS:
         dm = make_datamodule(cfg, cache_root=cache_root, split=split, audio_tag=cond)
-        clips = dm.clip_table(split)
-        man = read_manifest(dm.manifest_path)
-        frames = man.frames[man.frames["uid"].isin(clips["uid"])]
+        _, frames, clips = scored_split(dm, split)
         ds = dm.split_dataset("test")
         for control in controls:
             pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{variant}/{control}/{cond}",
