@@ -173,8 +173,13 @@ def _run_batch(stage: Stage, items: pd.DataFrame) -> ShardOutput:
         return _concat([_run_batch(stage, items.iloc[[i]]) for i in range(len(items))], specs)
 
 
+def pointer_name(tag: str | None) -> str:
+    """File name of the pointer to a stage's last finished run (per tag: cue set, audio condition)."""
+    return f"latest-{tag}.json" if tag else "latest.json"
+
+
 def _pointer(cache_root: str | Path, dataset: str, stage: str, tag: str | None) -> Path:
-    return Path(cache_root) / dataset / stage / (f"latest-{tag}.json" if tag else "latest.json")
+    return Path(cache_root) / dataset / stage / pointer_name(tag)
 
 
 def finished_tags(cache_root: str | Path, dataset: str, stage: str) -> list[str]:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.runner import pointer_name
 from train.controls import CONTROLS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def inputs_stamp(args: Sequence[str], cache_root: str | None) -> str:
         if a.endswith(".yaml") and Path(a).exists():
             h.update(Path(a).read_bytes())
     root = Path(cache_root) if cache_root else None
-    own = f"latest-{cue_tag_of(args)}.json"
+    own = pointer_name(cue_tag_of(args))
     for p in sorted(root.glob("*/*/latest*.json")) if root and root.exists() else []:
         if p.parent.name in ("cues", "text") and p.name != own:
             continue
