@@ -63,7 +63,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor
 
 
 def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *, temperature: torch.Tensor | float,
-             anchor: torch.Tensor, labels: torch.Tensor | None = None, symmetric: bool = True) -> torch.Tensor:
+             anchor: torch.Tensor, labels: torch.Tensor | None = None, cue_labels: torch.Tensor | None = None,
+             symmetric: bool = True) -> torch.Tensor:
     r"""InfoNCE between each frame's pre-fusion cue embeddings and the audio of the frame's own second,
     over all N frames of the batch.
 
@@ -72,11 +73,13 @@ def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *,
 
         s_nm = max_{k: cue_mask[m, k]} cos(a_n, c_mk) / tau
 
-    Positives are the diagonal. Negatives that share a sounding category with the positive frame
-    (``labels[n] & labels[m]`` not empty, n != m) are masked out: their audio and cues legitimately
-    match. Frames without a cue are no candidates on the text side; frames that are not ``anchor``
-    (e.g. silent ones: their own cues have no sound to match) are no positives, but their audio stays
-    a negative candidate, so silence is pushed away from every cue::
+    Positives are the diagonal. Pairs that legitimately match are masked out as negatives (n != m):
+    two frames that share a heard category (``labels[n] & labels[m]``), and an audio heard to contain a
+    category that the other frame's cues name (``labels[n] & cue_labels[m]``: a frame's cues also
+    name its visible silent objects, which sound in other clips). Frames without a cue are no
+    candidates on the text side; frames that are not ``anchor`` (e.g. silent ones: their own cues
+    have no sound to match) are no positives, but their audio stays a negative candidate, so silence
+    is pushed away from every cue::
 
         L_a2t = mean_{n in A} -log softmax_{m: has cue, not masked}(s_nm)[n]
         L_t2a = mean_{m in A} -log softmax_{n: not masked}(s_nm)[m]
@@ -90,7 +93,8 @@ def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *,
         audio: ``[N, D]`` own-second audio embeddings (``SeDAMOutput.align_audio``).
         temperature: tau (> 0).
         anchor: ``[N]`` bool, frames whose cues and audio form a positive pair (a sounding frame).
-        labels: ``[N, C]`` bool multi-hot sounding categories per frame, or None (no masking).
+        labels: ``[N, C]`` bool multi-hot categories heard in each frame's audio, or None (no masking).
+        cue_labels: ``[N, C]`` bool multi-hot categories each frame's cues name, or None.
     """
     n = audio.shape[0]
     if cues.dim() != 3 or cues.shape[0] != n or cue_mask.shape != cues.shape[:2] or audio.dim() != 2:
@@ -103,15 +107,19 @@ def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *,
     cos = torch.einsum("nd,mkd->nmk", F.normalize(audio, dim=-1), F.normalize(cues, dim=-1))  # (N_audio, M, K)
     sim = cos.masked_fill(~cue_mask[None], -1.0).amax(-1) / temperature  # (N, M); cos >= -1
     eye = torch.eye(n, dtype=torch.bool, device=audio.device)
-    blocked = torch.zeros_like(eye)
+    blocked = torch.zeros_like(eye)  # [n (audio), m (cue set)]
     if labels is not None:
         lab = labels.to(sim.dtype)
         blocked = ((lab @ lab.T) > 0) & ~eye
+        if cue_labels is not None:
+            if cue_labels.shape != labels.shape:
+                raise ValueError(f"cue_labels {tuple(cue_labels.shape)} must match labels {tuple(labels.shape)}")
+            blocked = blocked | (((lab @ cue_labels.to(sim.dtype).T) > 0) & ~eye)
     idx = torch.arange(n, device=audio.device)
     a2t = sim.masked_fill(blocked | ~has_cue[None], float("-inf"))
     loss = F.cross_entropy(a2t[rows], idx[rows])
     if symmetric:
-        t2a = sim.T.masked_fill(blocked, float("-inf"))
+        t2a = sim.T.masked_fill(blocked.T, float("-inf"))
         loss = (loss + F.cross_entropy(t2a[rows], idx[rows])) / 2
     return loss
 
@@ -132,10 +140,10 @@ class InfoNCE(nn.Module):
         return torch.exp(-self.log_inv_temperature.clamp(max=self.max_log_inv))
 
     def forward(self, cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *, anchor: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``[N, K, D]``, ``[N, K]``, ``[N, D]``, anchors ``[N]``, labels ``[N, C]`` -> scalar loss."""
+                labels: torch.Tensor | None = None, cue_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, K, D]``, ``[N, K]``, ``[N, D]``, anchors ``[N]``, labels and cue labels ``[N, C]`` -> scalar loss."""
         return info_nce(cues, cue_mask, audio, temperature=self.temperature, anchor=anchor, labels=labels,
-                        symmetric=self.symmetric)
+                        cue_labels=cue_labels, symmetric=self.symmetric)
 
 
 def null_class_loss(class_logits: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,31 @@ def test_info_nce_masks_same_category_negatives_and_keeps_silence_as_a_negative(
     assert zero.item() == 0
 
 
+def test_info_nce_masks_an_audio_whose_category_the_other_frames_cues_name():
+    """Frame 0 sounds a dog; frame 1 sounds a bell but its cues also name the (silent) dog. Dog audio
+    against frame 1's cues is no mismatch, so that pair is no negative, in both directions."""
+    torch.manual_seed(0)
+    n, d = 3, 8
+    cues, audio = torch.randn(n, 2, d), torch.randn(n, d)
+    mask = torch.ones(n, 2, dtype=torch.bool)
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)  # dog, bell, piano
+    cue_labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    anchor = torch.ones(n, dtype=torch.bool)
+    kw = dict(temperature=0.1, anchor=anchor, labels=labels)
+    cos = torch.nn.functional.cosine_similarity(audio[:, None, None], cues[None], dim=-1).amax(-1) / 0.1  # (N, M)
+    a2t = info_nce(cues, mask, audio, cue_labels=cue_labels, symmetric=False, **kw)
+    allowed = {0: [0, 2], 1: [0, 1, 2], 2: [0, 1, 2]}  # audio 0 (dog) may not meet frame 1's cues
+    expect = sum(-torch.log_softmax(cos[r, c], 0)[c.index(r)] for r, c in allowed.items()) / 3
+    assert a2t.item() == pytest.approx(expect.item(), rel=1e-5)
+    both = info_nce(cues, mask, audio, cue_labels=cue_labels, **kw)
+    cols = {0: [0, 1, 2], 1: [1, 2], 2: [0, 1, 2]}  # frame 1's cues may not meet audio 0
+    expect_t2a = sum(-torch.log_softmax(cos[c, r], 0)[c.index(r)] for r, c in cols.items()) / 3
+    assert both.item() == pytest.approx((expect.item() + expect_t2a.item()) / 2, rel=1e-5)
+    assert a2t.item() != pytest.approx(info_nce(cues, mask, audio, symmetric=False, **kw).item(), rel=1e-3)
+    with pytest.raises(ValueError, match="cue_labels"):
+        info_nce(cues, mask, audio, cue_labels=cue_labels[:, :2], **kw)
+
+
 def test_info_nce_module_temperature():
     m = InfoNCE()
     assert m.temperature.item() == pytest.approx(0.07, rel=1e-6)
@@ -117,3 +142,4 @@ def test_set_criterion_runs_with_empty_and_invalid_frames():
     assert qm.grad[0].abs().sum() > 0 and qm.grad[2].abs().sum() == 0  # the invalid frame is ignored
     none = crit(query_masks=qm, class_logits=cl, class_masks=cm, valid=torch.zeros(3, dtype=torch.bool))
     assert all(v.item() == 0 for v in none.values())
+

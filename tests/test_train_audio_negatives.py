@@ -49,6 +49,23 @@ def test_drawn_clips_get_perturbed_audio_and_empty_masks_others_untouched(tiny):
             assert c_masks.any()  # the empty ground truth is the swap's, not the data's
 
 
+def test_offscreen_clips_carry_what_their_audio_is_heard_to_contain(tiny):
+    """Off-screen audio's labels are its donor's (InfoNCE masking); mute has none; every clip keeps
+    the categories its cues name."""
+    root, manifest = tiny
+    dm = make_dm(root, manifest, train_negatives={"mute": 0.5, "offscreen": 0.5})
+    dm.setup("fit")
+    ds = dm.split_dataset("train")
+    donor_labels = torch.zeros(TinySpec().clip_len, len(dm.categories), dtype=torch.bool)
+    donor_labels[1, 0] = True
+    ds.offscreen_heard = {u: donor_labels for u in ds.uids}  # the tiny clips all show the guitar: no donor
+    for i, uid in enumerate(ds.uids):
+        item, plain = ds[(i, 0)], ds.base[i]
+        tag = ds.negative_of(i, 0)
+        assert torch.equal(item.frame_labels, donor_labels if tag == "offscreen" else torch.zeros_like(donor_labels))
+        assert plain.frame_labels.any() and item.cue_labels is not None and torch.equal(item.cue_labels, plain.cue_labels)
+
+
 def test_choice_depends_only_on_seed_epoch_and_clip(tiny):
     root, manifest = tiny
     probs = {"mute": 0.25, "offscreen": 0.25}

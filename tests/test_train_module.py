@@ -115,8 +115,19 @@ def test_batch_carries_frame_labels_and_infonce_masks_shared_categories(batch):
     module = make_module()
     assert module.compute_losses(module(batch), batch)["infonce"].item() == pytest.approx(0.0, abs=1e-6)
     per_clip = torch.eye(batch.num_clips, dtype=torch.bool).repeat_interleave(batch.clip_len, 0)  # (N, B)
-    distinct = dataclasses.replace(batch, frame_labels=per_clip)
+    distinct = dataclasses.replace(batch, frame_labels=per_clip, cue_labels=None)
     assert module.compute_losses(module(distinct), distinct)["infonce"].item() > 0
+
+
+def test_negative_audio_clips_are_no_infonce_positives(batch):
+    """A clip whose audio was swapped keeps heard labels (off-screen: the donor's) for the masking,
+    but its own cues and that audio are no positive pair."""
+    module = make_module()
+    per_clip = torch.eye(batch.num_clips, dtype=torch.bool).repeat_interleave(batch.clip_len, 0)
+    distinct = dataclasses.replace(batch, frame_labels=per_clip, cue_labels=None)
+    assert module.compute_losses(module(distinct), distinct)["infonce"].item() > 0
+    swapped = dataclasses.replace(distinct, negative=torch.ones(batch.num_clips, dtype=torch.bool))
+    assert module.compute_losses(module(swapped), swapped)["infonce"].item() == 0
 
 
 def test_null_loss_only_on_silent_frames(batch):

@@ -7,7 +7,8 @@ with probability ``p`` per training clip, the clip's audio features are replaced
 features under a negative perturbation of the features stage (``mute``: silence; ``ambient``: room
 tone only; ``offscreen``: a sound of a category not visible in it) and its ground truth by empty masks
 (valid frames stay valid, so the mask losses and the null loss say "nothing sounds"; its frames are no
-InfoNCE positives). The perturbed caches are read through :class:`pipeline.store.FeatureStore` with
+InfoNCE positives, and its heard labels become what was swapped in: none for mute and ambient, the
+donor's for off-screen, so InfoNCE never treats a real sound as a mismatch for a cue that names it). The perturbed caches are read through :class:`pipeline.store.FeatureStore` with
 the same card and coverage checks as the clean audio. The choice depends only on (seed, epoch, clip),
 so a resumed run sees the same negatives. Test clips always keep their audio and ground truth (the
 test's mute/off-screen conditions are then the same KIND of perturbation the models were trained
@@ -69,8 +70,10 @@ class NegativeAudioDataset(Dataset):
     """
 
     def __init__(self, base: ClipDataset, *, audio_dirs: Mapping[str, Path], probs: Mapping[str, float], seed: int,
-                 expect_audio: Mapping | None = None, verify: bool = False) -> None:
+                 expect_audio: Mapping | None = None, verify: bool = False,
+                 offscreen_heard: Mapping[str, torch.Tensor] | None = None) -> None:
         self.base, self.probs, self.seed = base, dict(probs), seed
+        self.offscreen_heard = offscreen_heard or {}  # uid -> [T, C] categories of its off-screen audio
         self.audio_dirs, self.expect_audio, self.verify = dict(audio_dirs), expect_audio, verify
         self._stores: dict[str, FeatureStore] | None = None
         self.uids = base.uids
@@ -97,5 +100,6 @@ class NegativeAudioDataset(Dataset):
         if item.class_masks is not None:
             item.class_masks = torch.zeros_like(item.class_masks)
         if item.frame_labels is not None:
-            item.frame_labels = torch.zeros_like(item.frame_labels)
+            heard = self.offscreen_heard.get(item.uid) if tag == "offscreen" else None
+            item.frame_labels = heard.clone() if heard is not None else torch.zeros_like(item.frame_labels)
         return item

@@ -20,9 +20,12 @@ class AVSBatch:
         masks: ``[N, Hm, Wm]`` float {0, 1} binary ground truth of the sounding objects.
         mask_valid: ``[N]`` True where the frame has a ground-truth mask.
         class_masks: ``[N, Hm, Wm]`` long, 0 = background, c + 1 = category c (AVSS), or None.
-        frame_labels: ``[N, C]`` bool multi-hot of each frame's *sounding* categories (the manifest's
-            ``labels``; C = the data module's ``categories``), or None when unknown. InfoNCE masks
-            negatives of a shared category with it.
+        frame_labels: ``[N, C]`` bool multi-hot of the categories *heard* in each frame's audio (the
+            manifest's ``labels``, its sounding objects; C = the data module's ``categories``; under
+            negative audio what was swapped in: nothing for mute/ambient, the donor's for off-screen),
+            or None when unknown. InfoNCE's positives are the sounding frames of clips with their own audio.
+        cue_labels: ``[N, C]`` bool multi-hot of the categories each frame's cues name, or None. InfoNCE
+            masks out a negative pair whose audio is heard to contain a category the cues name.
         negative: ``[B]`` bool, True for a clip whose audio was swapped for negative audio
             (:mod:`train.audio_negatives`; its masks are empty), or None when none can be.
     """
@@ -37,6 +40,7 @@ class AVSBatch:
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
     frame_labels: torch.Tensor | None = None
+    cue_labels: torch.Tensor | None = None
     negative: torch.Tensor | None = None
 
     @property

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from pipeline.errors import UserError
 from pipeline.store import FeatureStore
 from train.batch import AVSBatch
+from train.labels import cue_category_index
 
 
 class FeatureCacheError(UserError, ValueError):
@@ -38,7 +39,8 @@ class ClipItem:
         masks: ``[T, Hm, Wm]`` float {0, 1}.
         mask_valid: ``[T]`` bool.
         class_masks: ``[T, Hm, Wm]`` long, or None when the data module does not serve them.
-        frame_labels: ``[T, C]`` bool sounding categories per frame (``train/labels.py``), or None.
+        frame_labels: ``[T, C]`` bool categories heard per frame (``train/labels.py``), or None.
+        cue_labels: ``[T, C]`` bool categories the frame's cues name, or None.
         negative: the negative audio swapped in (``mute``/``ambient``/``offscreen``), or None.
     """
 
@@ -52,6 +54,7 @@ class ClipItem:
     mask_valid: torch.Tensor
     class_masks: torch.Tensor | None = None
     frame_labels: torch.Tensor | None = None
+    cue_labels: torch.Tensor | None = None
     negative: str | None = None
 
 
@@ -81,6 +84,7 @@ def collate_clips(items: list[ClipItem]) -> AVSBatch:
         mask_valid=torch.cat([it.mask_valid for it in items]),
         class_masks=torch.cat([it.class_masks for it in items]) if has_class else None,
         frame_labels=None if any(it.frame_labels is None for it in items) else torch.cat([it.frame_labels for it in items]),
+        cue_labels=None if any(it.cue_labels is None for it in items) else torch.cat([it.cue_labels for it in items]),
         negative=torch.tensor([it.negative is not None for it in items]),
     )
 
@@ -103,14 +107,16 @@ class ClipDataset(Dataset):
     """Clips of one split; stores are opened lazily in each worker process (file descriptors are per process)."""
 
     def __init__(self, uids: list[str], *, spec: CacheSpec, clip_len: int, class_masks: bool,
-                 labels: dict[str, torch.Tensor] | None = None) -> None:
+                 labels: dict[str, torch.Tensor] | None = None, categories: list[str] | None = None) -> None:
         self.uids = list(uids)
         self.labels = labels
+        self.categories = categories  # with ``labels``: the cues' categories are served too
         self.spec = spec
         self.clip_len = clip_len
         self.class_masks = class_masks
         self._stores: tuple[FeatureStore, FeatureStore, FeatureStore] | None = None
         self._cue_table: torch.Tensor | None = None
+        self._cue_category: torch.Tensor | None = None  # [V] category index of each cue string, -1 = none
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -122,6 +128,8 @@ class ClipDataset(Dataset):
                 (s.audio_dir, s.expect_audio), (s.visual_dir, s.expect_visual), (s.text_dir, s.expect_text)))
             # [V, Dt]; small (one row per distinct cue string), so it is held in memory
             self._cue_table = torch.as_tensor(np.asarray(self._stores[2].cue_table), dtype=torch.float32)
+            if self.labels is not None and self.categories:
+                self._cue_category = torch.from_numpy(cue_category_index(self._stores[2].cue_vocab, self.categories))
         return self._stores
 
     def __getitem__(self, i: int) -> ClipItem:
@@ -145,8 +153,16 @@ class ClipDataset(Dataset):
             mask_valid=visual.clip(uid, "mask_valid").reshape(t).bool(),
             class_masks=visual.clip(uid, "class_mask").long() if self.class_masks else None,
             frame_labels=None if self.labels is None else self.labels.get(uid),
+            cue_labels=None if self._cue_category is None else self._cue_labels(cue_ids, cue_mask),
         )
         return item
+
+    def _cue_labels(self, cue_ids: torch.Tensor, cue_mask: torch.Tensor) -> torch.Tensor:
+        """``[T, K]`` cue ids -> ``[T, C]`` bool multi-hot of the categories the cues name."""
+        cat = torch.where(cue_mask, self._cue_category[cue_ids.clamp(min=0)], -1)  # [T, K]
+        hot = torch.zeros(cat.shape[0], len(self.categories) + 1, dtype=torch.bool)
+        hot.scatter_(1, (cat + 1).clamp(min=0), True)  # column 0 collects "no category"
+        return hot[:, 1:]
 
 
 class EpochShuffleSampler(Sampler[int]):

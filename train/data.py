@@ -24,12 +24,12 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from manifests.schema import manifest_path, read_manifest
-from pipeline.runner import latest
+from pipeline.runner import latest, read_card
 from pipeline.store import FeatureStore
 from pipeline.runner import StageError
 from train.audio_negatives import VAL_SEED, NegativeAudioDataset, check_negatives
 from train.clips import CacheSpec, ClipDataset, EpochShuffleSampler, FeatureCacheError, collate_clips
-from train.labels import frame_label_table
+from train.labels import frame_label_table, offscreen_heard_labels
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -235,14 +235,26 @@ class AVSDataModule(pl.LightningDataModule):
             if self._labels is None:
                 self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
             ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
-                             class_masks=self.class_masks)
+                             categories=self.categories, class_masks=self.class_masks)
             probs = self.negatives.get(stage)  # never test: its audio and masks stay
             if probs:
-                ds = NegativeAudioDataset(ds, audio_dirs=self._negative_dirs(clips, stage), probs=probs,
+                dirs = self._negative_dirs(clips, stage)
+                ds = NegativeAudioDataset(ds, audio_dirs=dirs, probs=probs,
                                           seed=self.seed if stage == "train" else VAL_SEED,
-                                          expect_audio=self.expect["audio"], verify=self.verify_shards)
+                                          expect_audio=self.expect["audio"], verify=self.verify_shards,
+                                          offscreen_heard=self._offscreen_heard(dirs.get("offscreen")))
             self._datasets[stage] = ds
         return self._datasets[stage]
+
+    def _offscreen_heard(self, audio_dir: Path | None) -> dict[str, "torch.Tensor"] | None:
+        """What the ``offscreen`` audio cache's clips are heard to contain: the donors its card's seed
+        drew (``train/labels.py``), or None without that cache."""
+        if audio_dir is None or self._labels is None:
+            return None
+        seed = int(read_card(audio_dir).get("config", {}).get("seed", 0))
+        manifest = read_manifest(self.manifest_path)
+        return offscreen_heard_labels(manifest.frames, self._labels, self.categories, seed=seed,
+                                      data_root=manifest.data_root)
 
     def _negative_dirs(self, clips: pd.DataFrame, stage: str) -> dict[str, Path]:
         """The perturbed audio cache of each negative tag, checked like the clean one (card, width, frames)."""

@@ -55,8 +55,10 @@ class TeSOModule(pl.LightningModule):
         bce_weight, dice_weight: mask losses on frames with ground truth.
         aux_weight: deep supervision: the same BCE + dice (with their weights) on the binary map of
             every earlier decoder stage (``aux_mask_logits``), summed over stages (Mask2Former practice).
-        infonce_weight: frame-level cue/audio InfoNCE over all frames of the batch, negatives of a
-            shared sounding category masked (``batch.frame_labels``; 0 disables it: ``no_infonce``,
+        infonce_weight: frame-level cue/audio InfoNCE over all frames of the batch; a negative pair is
+            masked when its audio is heard to contain a category the other frame sounds or its cues
+            name (``batch.frame_labels``, ``batch.cue_labels``); clips with negative audio are no
+            positives (0 disables it: ``no_infonce``,
             ``official``, and ``audio_only``, whose learned queries are the same for every frame).
         infonce_temperature: initial temperature of the learnable InfoNCE temperature.
         null_weight: the no-object loss: on frames whose ground truth is empty (silent), every query
@@ -179,12 +181,15 @@ class TeSOModule(pl.LightningModule):
                                for a in out.aux_mask_logits)
         sedam = out.sedam
         if self.infonce is not None and sedam.align_cues is not None:
-            # all frames (SeDAM saw every one); positives = sounding frames (labels, else a non-empty mask)
+            # all frames (SeDAM saw every one); positives = sounding frames of clips with their own audio
+            # (labels, else a non-empty mask); off-screen audio keeps its heard labels for the masking
             labels = batch.frame_labels
             anchor = (labels.any(1) if labels is not None
                       else batch.mask_valid & batch.masks.flatten(1).any(1))
+            if batch.negative is not None:
+                anchor = anchor & ~batch.negative.to(anchor.device).repeat_interleave(batch.clip_len)
             terms["infonce"] = self.infonce(sedam.align_cues, sedam.align_cue_mask, sedam.align_audio,
-                                            anchor=anchor, labels=labels)
+                                            anchor=anchor, labels=labels, cue_labels=batch.cue_labels)
         if self.weights["null"] > 0:
             terms["null"] = losses.null_class_loss(out.class_logits, valid & ~masks.flatten(1).any(1))
         if self.set_criterion is not None and class_masks is not None:
