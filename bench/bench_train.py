@@ -131,7 +131,8 @@ class OnlineFeatures:
         return AVSBatch(uids=cached.uids, frame_idx=cached.frame_idx,
                         visual=[torch.from_numpy(maps[lv]).float() for lv in self.dm.levels],
                         audio=torch.stack(audio), cue_emb=torch.stack(cue_emb), cue_mask=cached.cue_mask,
-                        masks=cached.masks, mask_valid=cached.mask_valid, class_masks=cached.class_masks)
+                        masks=cached.masks, mask_valid=cached.mask_valid, class_masks=cached.class_masks,
+                        frame_labels=cached.frame_labels, cue_labels=cached.cue_labels, negative=cached.negative)
 
 
 def bench_speed(args) -> tuple[float, float, dict[str, int]]:
