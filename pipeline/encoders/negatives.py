@@ -75,12 +75,20 @@ def offscreen_donors(frames: pd.DataFrame, *, seed: int, heard_extra: dict[str, 
     clips = frames.groupby("uid", sort=True).agg(split=("split", "first"), labels=("labels", _union),
                                                  visible=(vis_col, _union)).reset_index()
     clips["heard"] = [lab | heard_extra.get(u, set()) for u, lab in zip(clips["uid"], clips["labels"])]
+    # heard categories as a clip x category matrix: "no heard category is visible here" is then one
+    # vectorised test per clip (the training data module draws the same donors again, for every run)
+    cats = {c: i for i, c in enumerate(sorted(set().union(*clips["heard"], *clips["visible"])))}
+    heard = np.zeros((len(clips), len(cats)), dtype=bool)
+    for i, h in enumerate(clips["heard"]):
+        heard[i, [cats[c] for c in h]] = True
+    uids = clips["uid"].to_numpy()  # sorted (groupby), so every pool below is sorted too
+    split = clips["split"].to_numpy()
+    sounding = (clips["labels"].map(len) > 0).to_numpy()
     donors_of: dict[str, str] = {}
-    sounding = clips[clips["labels"].map(len) > 0]
     for r in clips.itertuples(index=False):
-        ok = sounding[(sounding["uid"] != r.uid) & sounding["heard"].map(lambda h: not (h & r.visible))]
-        same = ok[ok["split"] == r.split]
-        pool = sorted((same if len(same) else ok)["uid"])
-        if pool:
-            donors_of[r.uid] = pool[int(_rng(seed, f"offscreen:{r.uid}").integers(len(pool)))]
+        ok = sounding & ~heard[:, [cats[c] for c in r.visible]].any(1) & (uids != r.uid)
+        same = ok & (split == r.split)
+        pool = uids[same if same.any() else ok]
+        if len(pool):
+            donors_of[r.uid] = str(pool[int(_rng(seed, f"offscreen:{r.uid}").integers(len(pool)))])
     return donors_of
