@@ -8,8 +8,9 @@ features under a negative perturbation of the features stage (``mute``: silence;
 tone only; ``offscreen``: a sound of a category not visible in it) and its ground truth by empty masks
 (valid frames stay valid, so the mask losses and the null loss say "nothing sounds"; its frames are no
 InfoNCE positives, and its heard labels become what was swapped in: none for mute and ambient, the
-donor's for off-screen, so InfoNCE never treats a real sound as a mismatch for a cue that names it). The perturbed caches are read through :class:`pipeline.store.FeatureStore` with
-the same card and coverage checks as the clean audio. The choice depends only on (seed, epoch, clip),
+donor's for off-screen, so InfoNCE never treats a real sound as a mismatch for a cue that names it).
+The perturbed caches are read through :class:`pipeline.store.FeatureStore` with the same card and
+coverage checks as the clean audio. The choice depends only on (seed, epoch, clip),
 so a resumed run sees the same negatives. Test clips always keep their audio and ground truth (the
 test's mute/off-screen conditions are then the same KIND of perturbation the models were trained
 on, on held-out clips, as in AVSBench-Robust). Validation clips get negative audio only with

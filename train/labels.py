@@ -10,9 +10,13 @@ donor clip's, :func:`offscreen_heard_labels`) and the categories its cues name
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
+
+from pipeline.encoders import negatives
 
 
 def frame_label_table(frames: pd.DataFrame, clip_len: int) -> tuple[list[str], dict[str, torch.Tensor]]:
@@ -38,13 +42,11 @@ def cue_category_index(vocab: list[str], categories: list[str]) -> np.ndarray:
 
 
 def offscreen_heard_labels(frames: pd.DataFrame, labels: dict[str, torch.Tensor], categories: list[str], *,
-                           seed: int, data_root) -> dict[str, torch.Tensor]:
+                           seed: int, data_root: str | Path) -> dict[str, torch.Tensor]:
     """uid -> ``[T, C]`` the categories heard in the clip's ``offscreen`` audio: its donor's frame
     labels (second t of the off-screen audio is second t of the donor's), plus the donor's own
     off-screen source on every frame (heard, never in ``labels``; SynthAVS). The donors are the
     features stage's (:func:`pipeline.encoders.negatives.offscreen_donors` with its ``seed``)."""
-    from pipeline.encoders import negatives
-
     extra = negatives.offscreen_categories(data_root)
     donors = negatives.offscreen_donors(frames, seed=seed, heard_extra=extra)
     index = {c: i for i, c in enumerate(categories)}
