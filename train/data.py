@@ -129,6 +129,7 @@ class AVSDataModule(pl.LightningDataModule):
         self._stores: dict[str, FeatureStore] = {}
         self._datasets: dict[str, ClipDataset] = {}
         self.categories, self._labels = [], None  # sounding categories; per clip [T, C] (train/labels.py)
+        self._offscreen_heard_of: dict[Path, dict] = {}  # off-screen audio cache -> uid -> [T, C] heard
 
     # ----- caches and manifest -------------------------------------------------------------
     def cache_dir(self, kind: str) -> Path:
@@ -251,10 +252,12 @@ class AVSDataModule(pl.LightningDataModule):
         drew (``train/labels.py``), or None without that cache."""
         if audio_dir is None or self._labels is None:
             return None
-        seed = int(read_card(audio_dir).get("config", {}).get("seed", 0))
-        manifest = read_manifest(self.manifest_path)
-        return offscreen_heard_labels(manifest.frames, self._labels, self.categories, seed=seed,
-                                      data_root=manifest.data_root)
+        if audio_dir not in self._offscreen_heard_of:  # train and val share the cache: drawn once
+            seed = int(read_card(audio_dir).get("config", {}).get("seed", 0))
+            manifest = read_manifest(self.manifest_path)
+            self._offscreen_heard_of[audio_dir] = offscreen_heard_labels(
+                manifest.frames, self._labels, self.categories, seed=seed, data_root=manifest.data_root)
+        return self._offscreen_heard_of[audio_dir]
 
     def _negative_dirs(self, clips: pd.DataFrame, stage: str) -> dict[str, Path]:
         """The perturbed audio cache of each negative tag, checked like the clean one (card, width, frames)."""
