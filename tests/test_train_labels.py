@@ -2,6 +2,8 @@
 import pandas as pd
 import torch
 
+from pipeline.encoders import negatives
+from train.clips import ClipDataset
 from train.labels import cue_category_index, frame_label_table, offscreen_heard_labels
 
 
@@ -31,8 +33,6 @@ def test_offscreen_heard_labels_are_the_donors_per_second(tmp_path):
         "visible_labels": [["dog"], ["dog"], ["piano"], ["piano"], ["bell"], ["bell"]],
     })
     cats, table = frame_label_table(frames, clip_len=2)
-    from pipeline.encoders import negatives
-
     donors = negatives.offscreen_donors(frames, seed=3)
     heard = offscreen_heard_labels(frames, table, cats, seed=3, data_root=tmp_path)
     assert set(heard) == {"a", "b", "c"}
@@ -42,8 +42,6 @@ def test_offscreen_heard_labels_are_the_donors_per_second(tmp_path):
 
 
 def test_clip_dataset_serves_the_categories_its_cues_name():
-    from train.clips import ClipDataset
-
     ds = ClipDataset(["a"], spec=None, clip_len=2, class_masks=False, labels={}, categories=["bell", "dog", "piano"])
     ds._cue_category = torch.tensor([1, -1, 0])  # vocab: dog, lawn mower, bell
     cue_ids = torch.tensor([[0, 1, 2], [2, -1, -1]])

@@ -58,8 +58,8 @@ class TeSOModule(pl.LightningModule):
         infonce_weight: frame-level cue/audio InfoNCE over all frames of the batch; a negative pair is
             masked when its audio is heard to contain a category the other frame sounds or its cues
             name (``batch.frame_labels``, ``batch.cue_labels``); clips with negative audio are no
-            positives (0 disables it: ``no_infonce``,
-            ``official``, and ``audio_only``, whose learned queries are the same for every frame).
+            positives (0 disables it: ``no_infonce``, ``official``, and ``audio_only``, whose learned
+            queries are the same for every frame).
         infonce_temperature: initial temperature of the learnable InfoNCE temperature.
         null_weight: the no-object loss: on frames whose ground truth is empty (silent), every query
             is pushed to "no object" (``losses.null_class_loss``), which the head turns into
