@@ -11,7 +11,7 @@ import pytest
 from manifests.schema import read_manifest
 from pipeline.store import write_cache
 from tests.dummies_train import TinySpec, tiny_config, write_tiny_dataset
-from train.study import StudyError, cue_tag_of, fit_args, inputs_stamp, parse_variant, run_study
+from train.study import StudyError, build_parser, cue_tag_of, fit_args, inputs_stamp, job_argv, parse_variant, run_study
 from train.study_eval import ROW_KEYS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,6 +69,17 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     assert "Validation split" in (tmp_path / "reports" / "val" / "study.md").read_text()
     assert (tmp_path / "runs" / "teso-s0" / "export" / "model.safetensors").stat().st_mtime_ns == trained
     assert len(val["rows"]) == (3 + 1) * 2 * 3  # val000 bias_consistent, val001 counter_bias
+
+
+def test_job_argv_round_trips_train_args_without_spaces(tmp_path):
+    # a fit argument with no space (a JSON dict) used to reach the child as its own token, which
+    # argparse took for an unknown option: every job failed before training
+    for extra in (['--data.train_negatives={"mute":0.1}'], ["--trainer.max_epochs", "1"], []):
+        argv = job_argv("teso:active", 2, runs_dir=tmp_path, configs=["a.yaml", "b.yaml"], controls=["none"],
+                        cache_root="cache", train_args=extra, cues=None, split="val")
+        a = build_parser().parse_args(argv)
+        assert (a.one, a.seed, a.split, a.cache_root, a.configs) == ("teso:active", 2, "val", "cache", "a.yaml,b.yaml")
+        assert a.train_args.split() == extra
 
 
 def test_variant_specs_and_bad_input(tmp_path):

@@ -144,6 +144,20 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     return run / ROWS
 
 
+def job_argv(variant: str, seed: int, *, runs_dir: Path, configs: Sequence[str], controls: Sequence[str],
+             cache_root: str | None, train_args: Sequence[str], cues: str | None, split: str) -> list[str]:
+    """The child process's arguments for one job (``main`` parses them back).
+
+    ``--train-args=...`` is one token: a value such as ``--data.train_negatives={"mute":0.1}`` starts with
+    ``--`` and has no space, so as a separate token argparse would take it for an option.
+    """
+    return ["--one", variant, "--seed", str(seed), "--runs-dir", str(runs_dir),
+            "--configs", ",".join(configs), "--controls", ",".join(controls), "--split", split,
+            *(["--cache-root", str(cache_root)] if cache_root is not None else []),
+            *(["--cues", cues] if cues else []),
+            *([f"--train-args={' '.join(train_args)}"] if train_args else [])]
+
+
 def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str, Any]], *, runs_dir: Path,
               configs: Sequence[str], controls: Sequence[str], cache_root: str | None, train_args: Sequence[str],
               jobs: int, env: dict[str, str], t0: float, progress: bool, cues: str | None, split: str) -> None:
@@ -152,11 +166,9 @@ def _run_jobs(todo: list[tuple[str, int]], running: list, failed: list[dict[str,
         while todo and len(running) < max(1, jobs):
             v, s = todo.pop(0)
             log = runs_dir / f"{run_name(v, s)}.log"
-            cmd = [sys.executable, "-m", "train.study", "--one", v, "--seed", str(s), "--runs-dir", str(runs_dir),
-                   "--configs", ",".join(configs), "--controls", ",".join(controls), "--split", split,
-                   *(["--cache-root", str(cache_root)] if cache_root is not None else []),
-                   *(["--cues", cues] if cues else []),
-                   *(["--train-args", " ".join(train_args)] if train_args else [])]
+            cmd = [sys.executable, "-m", "train.study", *job_argv(v, s, runs_dir=runs_dir, configs=configs,
+                                                                  controls=controls, cache_root=cache_root,
+                                                                  train_args=train_args, cues=cues, split=split)]
             with open(log, "w") as fh:
                 running.append((v, s, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), log))
             if progress:
@@ -217,7 +229,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     return write_study(results, Path(out_dir), meta)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Multi-seed study: train variants x seeds, preference test with controls.")
     ap.add_argument("--variants", default="teso audio_only", help="space/comma list; NAME or NAME:CUESET")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
@@ -230,10 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cues", default=None, help="cue set of variants without their own (default: the data config's)")
     ap.add_argument("--split", default="test", choices=("val", "test"),
                     help="split scored: val to choose settings, test (default) for the final scoring")
-    ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. '--trainer.max_epochs 1'")
+    ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. --train-args='--trainer.max_epochs 1' (with '=': a value "
+                    "that starts with -- and has no space would be taken for an option)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a job's child process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     configs = [c for c in a.configs.split(",") if c]
     controls = [c for c in a.controls.split(",") if c]
