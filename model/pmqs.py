@@ -5,11 +5,17 @@ import torch
 from torch import nn
 
 
+# smallest gate in the ``gate_bias`` ablation's log g (padded tokens have g = 0 and are masked anyway)
+GATE_FLOOR = 1e-6
+
+
 class PMQSLayer(nn.Module):
     """Pre-norm cross-attention (queries -> prompt tokens) followed by an FFN, both residual."""
 
-    def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, gate_bias: bool = False) -> None:
         super().__init__()
+        self.num_heads = num_heads
+        self.gate_bias = gate_bias
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -22,9 +28,15 @@ class PMQSLayer(nn.Module):
         """``queries [N, Q, D]``, ``query_pos [N, Q, D]``, ``prompts [N, P, D]``, ``prompt_mask [N, P]``
         bool, ``prompt_gate [N, P]`` -> queries ``[N, Q, D]`` and attention weights ``[N, Q, P]``."""
         kv = self.norm_kv(prompts)
+        bias = None
+        if self.gate_bias:  # ablation: the gate also steers which token is read (attention logit + log g)
+            log_g = torch.log(prompt_gate.to(kv.dtype).clamp_min(GATE_FLOOR))
+            bias = log_g[:, None, :].expand(-1, queries.shape[1], -1).repeat_interleave(self.num_heads, dim=0)
+            bias = bias.masked_fill(~prompt_mask.repeat_interleave(self.num_heads, dim=0)[:, None, :], float("-inf"))
         # the gate scales what a token contributes (its value), after the norm that would undo it
         h, w = self.cross_attn(self.norm_q(queries) + query_pos, kv, kv * prompt_gate[..., None].to(kv.dtype),
-                               key_padding_mask=~prompt_mask, need_weights=True, average_attn_weights=True)
+                               key_padding_mask=None if bias is not None else ~prompt_mask, attn_mask=bias,
+                               need_weights=True, average_attn_weights=True)
         queries = queries + self.dropout(h)
         return queries + self.dropout(self.ffn(self.norm_ffn(queries))), w
 
@@ -36,13 +48,19 @@ class PMQS(nn.Module):
     features on the scale it was trained with. SeDAM's relevance gate g (the dynamic mask) scales each
     prompt token's value: ``sum_p softmax(q k_p^T / sqrt(d)) g_p v_p``, so when no token is relevant
     the queries keep (close to) their learned state; masked tokens are not attended.
+
+    ``gate_bias`` (ablation, off by default) also adds ``log g_p`` to the attention logits, so the gate
+    decides which token is read as well as how much of it: with value scaling alone, the attention is
+    allocated by the tokens' content, and a query that learned to read a usual sounder's cue reads
+    little when that cue's gate is closed, even if another cue's gate is open (docs/results.md).
     """
 
     def __init__(self, *, dim: int, num_layers: int = 1, num_heads: int = 4, ffn_dim: int = 256,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, gate_bias: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            PMQSLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout) for _ in range(num_layers)
+            PMQSLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout, gate_bias=gate_bias)
+            for _ in range(num_layers)
         )
 
     def forward(self, *, queries: torch.Tensor, query_pos: torch.Tensor, prompts: torch.Tensor,

@@ -81,6 +81,7 @@ class TeSO(nn.Module):
         cue_self_attention: SeDAM layers also self-attend among the frame's cues.
         max_seconds: span of SeDAM's relative temporal embedding (longer offsets are clamped).
         pmqs_layers / pmqs_ffn_dim: PMQS depth and FFN width (width = ``hidden_dim``).
+        pmqs_gate_bias: ablation: the gate also enters PMQS's attention logits as ``log g`` (``model/pmqs.py``).
         hidden_dim, num_queries, num_heads, pixel_decoder_layers, decoder_layers, pixel_ffn_dim,
             decoder_ffn_dim, adapter_dim, pixel_decoder: ``MaskDecoder`` arguments.
         binary_head: how queries combine into one map (``model/heads.py``).
@@ -112,6 +113,7 @@ class TeSO(nn.Module):
         max_seconds: int = 10,
         pmqs_layers: int = 2,
         pmqs_ffn_dim: int = 512,
+        pmqs_gate_bias: bool = False,
         hidden_dim: int = 256,
         num_queries: int = 100,
         num_heads: int = 8,
@@ -149,7 +151,8 @@ class TeSO(nn.Module):
         # raw beta of b = -softplus(beta); init b = -2 (probability 0.12 where no query is an object)
         self.no_object_beta = (nn.Parameter(torch.tensor(math.log(math.expm1(2.0))))
                                if no_object_logit and binary_head == "weighted_sum" else None)
-        self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim, dropout=dropout)
+        self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim, dropout=dropout,
+                         gate_bias=pmqs_gate_bias)
         self.decoder = MaskDecoder(
             in_channels=visual_channels, in_strides=visual_strides, hidden_dim=hidden_dim, num_queries=num_queries,
             num_labels=num_classes, encoder_layers=pixel_decoder_layers, decoder_layers=decoder_layers,
