@@ -151,8 +151,8 @@ class TeSO(nn.Module):
         # raw beta of b = -softplus(beta); init b = -2 (probability 0.12 where no query is an object)
         self.no_object_beta = (nn.Parameter(torch.tensor(math.log(math.expm1(2.0))))
                                if no_object_logit and binary_head == "weighted_sum" else None)
-        self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim, dropout=dropout,
-                         gate_bias=pmqs_gate_bias)
+        self.pmqs = PMQS(dim=hidden_dim, num_layers=pmqs_layers, num_heads=num_heads, ffn_dim=pmqs_ffn_dim,
+                         dropout=dropout, gate_bias=pmqs_gate_bias)
         self.decoder = MaskDecoder(
             in_channels=visual_channels, in_strides=visual_strides, hidden_dim=hidden_dim, num_queries=num_queries,
             num_labels=num_classes, encoder_layers=pixel_decoder_layers, decoder_layers=decoder_layers,

@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cues", default=None, help="cue set of variants without their own (default: the data config's)")
     ap.add_argument("--split", default="test", choices=("val", "test"),
                     help="split scored: val to choose settings, test (default) for the final scoring")
-    ap.add_argument("--train-args", default="", help="extra fit arguments, e.g. --train-args='--trainer.max_epochs 1' (with '=': a value "
-                    "that starts with -- and has no space would be taken for an option)")
+    ap.add_argument("--train-args", default="",
+                    help="extra fit arguments, e.g. --train-args='--trainer.max_epochs 1' (with '=': a value "
+                         "that starts with -- and has no space would be taken for an option)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a job's child process
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--no-progress", action="store_true")
