@@ -109,12 +109,12 @@ def info_nce(cues: torch.Tensor, cue_mask: torch.Tensor, audio: torch.Tensor, *,
     eye = torch.eye(n, dtype=torch.bool, device=audio.device)
     blocked = torch.zeros_like(eye)  # [n (audio), m (cue set)]
     if labels is not None:
-        lab = labels.to(sim.dtype)
-        blocked = ((lab @ lab.T) > 0) & ~eye
+        named = labels  # per cue set m: the categories it sounds, and those its cues name
         if cue_labels is not None:
             if cue_labels.shape != labels.shape:
                 raise ValueError(f"cue_labels {tuple(cue_labels.shape)} must match labels {tuple(labels.shape)}")
-            blocked = blocked | (((lab @ cue_labels.to(sim.dtype).T) > 0) & ~eye)
+            named = labels | cue_labels
+        blocked = ((labels.to(sim.dtype) @ named.to(sim.dtype).T) > 0) & ~eye
     idx = torch.arange(n, device=audio.device)
     a2t = sim.masked_fill(blocked | ~has_cue[None], float("-inf"))
     loss = F.cross_entropy(a2t[rows], idx[rows])

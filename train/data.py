@@ -124,6 +124,7 @@ class AVSDataModule(pl.LightningDataModule):
         self.seed = seed
         self.negatives = {"train": check_negatives(train_negatives),
                           "val": check_negatives(val_negatives, name="data.val_negatives")}
+        self._manifest = None  # read once: the clip table, the labels and the off-screen donors all need it
         self._clips: pd.DataFrame | None = None
         self._spec: CacheSpec | None = None
         self._stores: dict[str, FeatureStore] = {}
@@ -139,13 +140,19 @@ class AVSDataModule(pl.LightningDataModule):
         tag = {"audio": self.audio_tag, "visual": None, "text": self.cues_tag}[kind]
         return latest(self.cache_root, self.dataset, kind, tag=tag)
 
+    def _read_manifest(self):
+        """The manifest (:func:`manifests.schema.read_manifest`), read on first use."""
+        if self._manifest is None:
+            self._manifest = read_manifest(self.manifest_path)
+        return self._manifest
+
     def clip_table(self, split: str | None = None) -> pd.DataFrame:
         """Per-clip metadata from the manifest: uid, vid, split, subset, slice, n_frames, labels.
 
         Evaluation uses it to group scores (SynthAVS ``slice``, AVSBench ``subset``).
         """
         if self._clips is None:
-            frames = read_manifest(self.manifest_path).frames
+            frames = self._read_manifest().frames
             if self.subsets is not None:
                 frames = frames[frames["subset"].isin(self.subsets)]
             first = frames.sort_values(["uid", "frame_idx"]).groupby("uid", sort=False).first().reset_index()
@@ -234,7 +241,7 @@ class AVSDataModule(pl.LightningDataModule):
                                         f"{' for subsets ' + str(self.subsets) if self.subsets else ''}")
             self._check_coverage(clips, self.splits[stage])
             if self._labels is None:
-                self.categories, self._labels = frame_label_table(read_manifest(self.manifest_path).frames, self.clip_len)
+                self.categories, self._labels = frame_label_table(self._read_manifest().frames, self.clip_len)
             ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
                              categories=self.categories, class_masks=self.class_masks)
             probs = self.negatives.get(stage)  # never test: its audio and masks stay
@@ -254,7 +261,7 @@ class AVSDataModule(pl.LightningDataModule):
             return None
         if audio_dir not in self._offscreen_heard_of:  # train and val share the cache: drawn once
             seed = int(read_card(audio_dir).get("config", {}).get("seed", 0))
-            manifest = read_manifest(self.manifest_path)
+            manifest = self._read_manifest()
             self._offscreen_heard_of[audio_dir] = offscreen_heard_labels(
                 manifest.frames, self._labels, self.categories, seed=seed, data_root=manifest.data_root)
         return self._offscreen_heard_of[audio_dir]
