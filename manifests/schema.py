@@ -55,6 +55,10 @@ class FrameRow:
         visible_labels: every object category visible in the frame, sounding or not (SynthAVS).
         caption: a reference caption of the frame, if the dataset ships one (SynthAVS).
         slice: an evaluation slice name (SynthAVS: ``bias_consistent``, ``counter_bias``, ...).
+        visible_mask_path: relative path of a ``class_index`` map of EVERY visible object, sounding
+            or not (SynthAVS ``visible/{i}.png``); empty where the dataset has none (AVSBench). It
+            lets training build on-screen swaps (``train/onscreen.py``): the sound of a visible
+            silent object, with that object's mask as the target.
     """
 
     dataset: str
@@ -74,6 +78,7 @@ class FrameRow:
     visible_labels: list[str] = field(default_factory=list)
     caption: str = ""
     slice: str = ""
+    visible_mask_path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +95,13 @@ class FrameRow:
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int32(), "float": pa.float32(), "list[str]": pa.list_(pa.string())}
 MANIFEST_SCHEMA = pa.schema([pa.field(f.name, _ARROW_TYPES[f.type], nullable=False) for f in dataclasses.fields(FrameRow)])
 KEY = ("uid", "frame_idx")
+# Columns added after manifests were first written: a table without one gets its default (read and write)
+LATER_COLUMNS = {"visible_mask_path": ""}
+
+
+def _with_later_columns(df: pd.DataFrame) -> pd.DataFrame:
+    missing = {c: v for c, v in LATER_COLUMNS.items() if c not in df}
+    return df.assign(**missing) if missing else df
 
 
 def safe_relpath(rel: str, *, what: str = "path", source: str = "") -> str:
@@ -136,7 +148,7 @@ def validate_rows(df: pd.DataFrame, *, source: str = "manifest") -> None:
     if dup.any():
         first = df.loc[dup, list(KEY)].iloc[0].tolist()
         raise ManifestError(f"{source}: duplicate (uid, frame_idx) {first}")
-    for col in ("uid", "image_path", "mask_path", "audio_path"):
+    for col in ("uid", "image_path", "mask_path", "audio_path", "visible_mask_path"):
         for v in df[col]:
             if v and not _plainly_relative(v):
                 safe_relpath(v, what=col, source=source)
@@ -150,7 +162,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, *, data_root: str | Path,
     config) is part of the fingerprint, so regenerated media never reuse stale stage outputs.
     """
     path = Path(path)
-    df = df.reset_index(drop=True)
+    df = _with_later_columns(df.reset_index(drop=True))
     validate_rows(df, source=str(path))
     table = pa.Table.from_pandas(df[[f.name for f in MANIFEST_SCHEMA]], schema=MANIFEST_SCHEMA, preserve_index=False)
     digest = hashlib.sha256()
@@ -196,7 +208,7 @@ def read_manifest(path: str | Path, *, data_root: str | Path | None = None) -> M
     if raw is None:
         raise ManifestError(f"{path}: not a TeSO manifest (no 'teso' metadata)")
     meta = json.loads(raw)
-    df = table.to_pandas()
+    df = _with_later_columns(table.to_pandas())
     validate_rows(df, source=str(path))
     return Manifest(path=path, frames=df, data_root=Path(data_root or meta["data_root"]),
                     fingerprint=meta["fingerprint"], meta=meta)

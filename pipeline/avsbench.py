@@ -129,7 +129,7 @@ def build(root: str | Path, *, metadata: str | Path | None = None) -> tuple[pd.D
                 "dataset": DATASET, "subset": SUBSET[r.label], "split": r.split, "vid": r.vid, "uid": r.uid,
                 "frame_idx": i, "n_frames": n, "image_path": frames[i], "mask_path": masks.get(i, ""),
                 "audio_path": audio, "audio_start_s": float(i), "audio_end_s": float(i + 1), "labels": labels,
-                "mask_kind": "rgb_palette", "visible_labels": [], "caption": "", "slice": ""})
+                "mask_kind": "rgb_palette", "visible_labels": [], "caption": "", "slice": "", "visible_mask_path": ""})
     report.n_clips_kept = len(df) - len(report.excluded_uids)
     report.n_frames = len(rows)
     out = pd.DataFrame(rows, columns=list(FrameRow.__dataclass_fields__))

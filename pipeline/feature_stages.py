@@ -34,8 +34,8 @@ MASK_SIZE = 56  # = INPUT_SIZE / 4, the resolution of Mask2Former's mask feature
 MAX_CUES = 4    # cue tokens per frame (the official code's num_a)
 VISUAL_BATCH = 1  # measured fastest on CPU (bigger batches fall out of cache); use 16-64 with --device cuda
 CUE_SETS = ("cot", "direct", "vocab", "oracle", "active")  # the presets, in the order `--cue-sets auto` takes them
-ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "audio_path",
-                "audio_start_s", "audio_end_s"]
+ITEM_COLUMNS = ["uid", "frame_idx", "split", "n_frames", "image_path", "mask_path", "mask_kind", "visible_mask_path",
+                "audio_path", "audio_start_s", "audio_end_s"]
 
 
 def finished_cue_sets(cache_root: str | Path, dataset: str) -> list[str]:
@@ -175,13 +175,15 @@ class VisualStage(Stage):
 
     def config(self) -> dict[str, Any]:
         return {"version": FEATURES_VERSION, "encoder": self.encoder.info(), "levels": list(self.levels),
-                "input_size": self.input_size, "mask_size": self.mask_size, "categories": self.categories}
+                "input_size": self.input_size, "mask_size": self.mask_size, "categories": self.categories,
+                "visible_masks": True}  # caches made before visible_mask existed are not reused
 
     def array_specs(self) -> dict[str, ArraySpec]:
         size = (self.input_size, self.input_size)
         specs = {f"vis_{lv}": ArraySpec(self.encoder.map_shape(lv, size), "float16") for lv in self.levels}
         m = (self.mask_size, self.mask_size)
-        specs.update(mask=ArraySpec(m, "uint8"), class_mask=ArraySpec(m, "uint8"), mask_valid=ArraySpec((), "uint8"))
+        specs.update(mask=ArraySpec(m, "uint8"), class_mask=ArraySpec(m, "uint8"), mask_valid=ArraySpec((), "uint8"),
+                     visible_mask=ArraySpec(m, "uint8"), visible_valid=ArraySpec((), "uint8"))
         return specs
 
     def setup(self) -> None:
@@ -201,6 +203,19 @@ class VisualStage(Stage):
         binary = (cls > 0).astype(np.uint8)
         return binary, np.where(cls == 255, 0, cls).astype(np.uint8), 1
 
+    def visible_mask(self, it, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+        """The class map of every visible object (category + 1, 0 = none) at the mask size, and 1; or
+        zeros and 0 where the manifest has no visible map (``visible_mask_path`` empty)."""
+        m = (self.mask_size, self.mask_size)
+        if not getattr(it, "visible_mask_path", ""):
+            return np.zeros(m, np.uint8), 0
+        path = self.manifest.abspath(it.visible_mask_path)
+        cls = decode_mask(path, "class_index", self.categories)
+        if image_size is not None and cls.shape[::-1] != image_size:
+            raise FrameError(f"{path}: visible map is {cls.shape[1]}x{cls.shape[0]}, its frame "
+                             f"{image_size[0]}x{image_size[1]}; fix or replace the map or the frame")
+        return np.asarray(Image.fromarray(cls).resize(m, Image.NEAREST)).astype(np.uint8), 1
+
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``[N, H, W, 3]`` uint8 -> {level: ``[N, C, h, w]`` float32} in one batched call."""
         x = normalise(images, self.encoder.mean, self.encoder.std)
@@ -218,6 +233,7 @@ class VisualStage(Stage):
                 size = self.clip_sizes.expected(it.uid)
                 img = load_image(self.manifest.abspath(it.image_path), self.input_size, expect_size=size)
                 arrays["mask"][i], arrays["class_mask"][i], arrays["mask_valid"][i] = self.masks(it, size)
+                arrays["visible_mask"][i], arrays["visible_valid"][i] = self.visible_mask(it, size)
                 images.append(img)
                 ok.append(i)
             except FrameError as exc:

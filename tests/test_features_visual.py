@@ -14,6 +14,7 @@ from pipeline.encoders.visual import EfficientNetLite0, Mask2FormerBackbone, bui
 from pipeline.features import run_visual
 from pipeline.media import avsbench_palette, decode_mask
 from pipeline.store import FeatureStore, FeatureStoreError
+from pipeline.synthavs.config import CATEGORIES
 from tests.dummies_features import tiny_synthavs
 
 
@@ -97,8 +98,8 @@ def test_visual_stage_on_synthavs(tiny, lite0, tmp_path):
     assert res.complete and res.n_failed == 0
     store = FeatureStore(res.out_dir, expect={"encoder": "efficientnet-lite0", "levels": ["s8", "s32"],
                                               "mask_size": [56, 56]})
-    assert set(store.keys) == {"vis_s8", "vis_s32", "mask", "class_mask", "mask_valid"}
-    assert store.card["bytes_per_frame"] == 40 * 28 * 28 * 2 + 320 * 7 * 7 * 2 + 2 * 56 * 56 + 1
+    assert set(store.keys) == {"vis_s8", "vis_s32", "mask", "class_mask", "mask_valid", "visible_mask", "visible_valid"}
+    assert store.card["bytes_per_frame"] == 40 * 28 * 28 * 2 + 320 * 7 * 7 * 2 + 3 * 56 * 56 + 2
     row = tiny.frames.iloc[7]
     png = np.asarray(Image.open(tiny.abspath(row.mask_path)))
     want = np.asarray(Image.fromarray(png).resize((56, 56), Image.NEAREST))
@@ -106,6 +107,11 @@ def test_visual_stage_on_synthavs(tiny, lite0, tmp_path):
     np.testing.assert_array_equal(cls, want)
     np.testing.assert_array_equal(store.get(row.uid, row.frame_idx, "mask").numpy(), (want > 0).astype(np.uint8))
     assert int(store.get(row.uid, row.frame_idx, "mask_valid")) == 1
+    # every visible object's map (on-screen swaps), sounding or not, at the same size
+    seen = np.asarray(Image.open(tiny.abspath(row.visible_mask_path)).resize((56, 56), Image.NEAREST))
+    np.testing.assert_array_equal(store.get(row.uid, row.frame_idx, "visible_mask").numpy(), seen)
+    assert int(store.get(row.uid, row.frame_idx, "visible_valid")) == 1 and np.all(seen[want > 0] == want[want > 0])
+    assert set(np.unique(seen)) - {0} == {CATEGORIES.index(c) + 1 for c in row.visible_labels}
     v = store.get(row.uid, row.frame_idx, "vis_s8")
     assert v.dtype == torch.float16 and v.shape == (40, 28, 28) and torch.isfinite(v.float()).all()
     # the cached map is the encoder's output for that frame
@@ -154,6 +160,7 @@ def test_bad_images_fail_by_name(tmp_path, lite0):
     assert "c/1.jpg: zero-byte image file" in failed[1] and "c/2.jpg: unreadable image" in failed[2]
     store = FeatureStore(res.out_dir)
     assert int(store.get("c", 0, "mask_valid")) == 1 and int(store.get("c", 3, "mask_valid")) == 0
+    assert int(store.get("c", 0, "visible_valid")) == 0 and store.get("c", 0, "visible_mask").sum() == 0  # no map
     assert store.get("c", 0, "mask").sum() > 0 and store.get("c", 3, "mask").sum() == 0
     with pytest.raises(FeatureStoreError, match="frame 2 failed"):
         store.get("c", 2, "vis_s8")

@@ -28,6 +28,8 @@ class AVSBatch:
             masks out a negative pair whose audio is heard to contain a category the cues name.
         negative: ``[B]`` bool, True for a clip whose audio was swapped for negative audio
             (:mod:`train.audio_negatives`; its masks are empty), or None when none can be.
+        onscreen: ``[B]`` bool, True for a clip given an on-screen swap (:mod:`train.onscreen`: a
+            visible silent object's sound, its mask as target), or None when none can be.
     """
 
     uids: list[str]
@@ -42,6 +44,7 @@ class AVSBatch:
     frame_labels: torch.Tensor | None = None
     cue_labels: torch.Tensor | None = None
     negative: torch.Tensor | None = None
+    onscreen: torch.Tensor | None = None
 
     @property
     def num_clips(self) -> int:

@@ -42,6 +42,7 @@ class ClipItem:
         frame_labels: ``[T, C]`` bool categories heard per frame (``train/labels.py``), or None.
         cue_labels: ``[T, C]`` bool categories the frame's cues name, or None.
         negative: the negative audio swapped in (``mute``/``ambient``/``offscreen``), or None.
+        onscreen: True when the audio is an on-screen swap's (:mod:`train.onscreen`).
     """
 
     uid: str
@@ -56,6 +57,7 @@ class ClipItem:
     frame_labels: torch.Tensor | None = None
     cue_labels: torch.Tensor | None = None
     negative: str | None = None
+    onscreen: bool = False
 
 
 def collate_clips(items: list[ClipItem]) -> AVSBatch:
@@ -86,6 +88,7 @@ def collate_clips(items: list[ClipItem]) -> AVSBatch:
         frame_labels=None if any(it.frame_labels is None for it in items) else torch.cat([it.frame_labels for it in items]),
         cue_labels=None if any(it.cue_labels is None for it in items) else torch.cat([it.cue_labels for it in items]),
         negative=torch.tensor([it.negative is not None for it in items]),
+        onscreen=torch.tensor([it.onscreen for it in items]),
     )
 
 

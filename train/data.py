@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from manifests.schema import manifest_path, read_manifest
 from pipeline.runner import latest, read_card
 from pipeline.store import FeatureStore
 from pipeline.runner import StageError
-from train.audio_negatives import VAL_SEED, NegativeAudioDataset, check_negatives
+from train.audio_negatives import ONSCREEN, VAL_SEED, NegativeAudioDataset, check_negatives
 from train.clips import CacheSpec, ClipDataset, EpochShuffleSampler, FeatureCacheError, collate_clips
 from train.labels import frame_label_table, offscreen_heard_labels
+from train.onscreen import manifest_pools
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -66,6 +68,12 @@ class AVSDataModule(pl.LightningDataModule):
             and seed, :data:`train.audio_negatives.VAL_SEED`): those clips are scored apart, as the
             share of their frames predicted empty, and enter the checkpoint choice (``val/score``
             in ``train/module.py``); None/{} = validation keeps its audio. Test never gets any.
+        train_onscreen: probability per training clip and epoch of an on-screen swap
+            (:mod:`train.onscreen`): the audio of a donor clip that sounds only categories visible
+            and silent here, and those objects' masks as the target; a drawn clip without an
+            eligible donor keeps its audio. Needs the visible-object maps (SynthAVS). 0 = never.
+        val_onscreen: the same for validation, drawn once like ``val_negatives``; those clips are
+            scored apart (``val/onscreen_miou``, a counter-bias probe; not part of ``val/score``).
     """
 
     def __init__(
@@ -97,6 +105,8 @@ class AVSDataModule(pl.LightningDataModule):
         verify_shards: bool = False,
         train_negatives: dict[str, float] | None = None,
         val_negatives: dict[str, float] | None = None,
+        train_onscreen: float = 0.0,
+        val_onscreen: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,6 +134,14 @@ class AVSDataModule(pl.LightningDataModule):
         self.seed = seed
         self.negatives = {"train": check_negatives(train_negatives),
                           "val": check_negatives(val_negatives, name="data.val_negatives")}
+        self.onscreen = {"train": float(train_onscreen), "val": float(val_onscreen)}
+        for stage, p in self.onscreen.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"data.{stage}_onscreen = {p}: a probability in [0, 1]")
+            if p + sum(self.negatives[stage].values()) > 1.0 + 1e-9:
+                raise ValueError(f"data.{stage}_onscreen {p} plus data.{stage}_negatives "
+                                 f"{self.negatives[stage]} sum to more than 1")
+        self._onscreen_pools: dict[str, list[str]] | None = None  # uid -> eligible donors (train/onscreen.py)
         self._manifest = None  # read once: the clip table, the labels and the off-screen donors all need it
         self._clips: pd.DataFrame | None = None
         self._spec: CacheSpec | None = None
@@ -244,13 +262,17 @@ class AVSDataModule(pl.LightningDataModule):
                 self.categories, self._labels = frame_label_table(self._read_manifest().frames, self.clip_len)
             ds = ClipDataset(clips["uid"].tolist(), spec=spec, clip_len=self.clip_len, labels=self._labels,
                              categories=self.categories, class_masks=self.class_masks)
-            probs = self.negatives.get(stage)  # never test: its audio and masks stay
+            probs = dict(self.negatives.get(stage, {}))  # never test: its audio and masks stay
+            onscreen = {}
+            if self.onscreen.get(stage, 0.0) > 0:
+                probs[ONSCREEN] = self.onscreen[stage]
+                onscreen = self._onscreen_inputs(clips, stage)
             if probs:
                 dirs = self._negative_dirs(clips, stage)
                 ds = NegativeAudioDataset(ds, audio_dirs=dirs, probs=probs,
                                           seed=self.seed if stage == "train" else VAL_SEED,
                                           expect_audio=self.expect["audio"], verify=self.verify_shards,
-                                          offscreen_heard=self._offscreen_heard(dirs.get("offscreen")))
+                                          offscreen_heard=self._offscreen_heard(dirs.get("offscreen")), **onscreen)
             self._datasets[stage] = ds
         return self._datasets[stage]
 
@@ -265,6 +287,22 @@ class AVSDataModule(pl.LightningDataModule):
             self._offscreen_heard_of[audio_dir] = offscreen_heard_labels(
                 manifest.frames, self._labels, self.categories, seed=seed, data_root=manifest.data_root)
         return self._offscreen_heard_of[audio_dir]
+
+    def _onscreen_inputs(self, clips: pd.DataFrame, stage: str) -> dict[str, Any]:
+        """The on-screen swaps' donor pools and the visible-map value of each label category; an error
+        when the dataset has no visible-object maps (the manifest's ``visible_mask_path``)."""
+        manifest = self._read_manifest()
+        frames = manifest.frames[manifest.frames["uid"].isin(set(clips["uid"]))]
+        if (frames["visible_mask_path"] == "").any():
+            raise FeatureCacheError(
+                f"{self.manifest_path}: data.{stage}_onscreen needs a visible-object map for every frame (column "
+                f"visible_mask_path; SynthAVS writes them, AVSBench has none); set data.{stage}_onscreen: 0")
+        self._array_shape(self._stores["visual"], "visual", "visible_mask")  # a cache made before the maps: error
+        if self._onscreen_pools is None:
+            self._onscreen_pools = manifest_pools(manifest.frames, manifest.data_root)
+        drawn = list(manifest.meta.get("categories", []))  # the visible maps' values: index in this list + 1
+        value = torch.tensor([drawn.index(c) + 1 if c in drawn else 0 for c in self.categories], dtype=torch.long)
+        return {"onscreen_pools": self._onscreen_pools, "visual_class": value}
 
     def _negative_dirs(self, clips: pd.DataFrame, stage: str) -> dict[str, Path]:
         """The perturbed audio cache of each negative tag, checked like the clean one (card, width, frames)."""

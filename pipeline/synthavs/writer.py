@@ -71,7 +71,7 @@ def _rows(records: list[dict], frames: int) -> pd.DataFrame:
                 n_frames=frames, image_path=f"{r['uid']}/frames/{t}.jpg", mask_path=f"{r['uid']}/masks/{t}.png",
                 audio_path=f"{r['uid']}/audio.wav", audio_start_s=float(t), audio_end_s=float(t + 1),
                 labels=f["labels"], mask_kind="class_index", visible_labels=f["visible_labels"],
-                caption=r["caption"], slice=f["slice"]).to_dict())
+                caption=r["caption"], slice=f["slice"], visible_mask_path=f"{r['uid']}/visible/{t}.png").to_dict())
     return pd.DataFrame(rows)
 
 
