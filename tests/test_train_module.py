@@ -8,6 +8,7 @@ import torch
 
 from model.teso import TeSO
 from tests.dummies_train import TINY_NET, TinySpec, write_tiny_dataset
+from train.batch import AVSBatch
 from train.data import AVSDataModule
 from train.module import NonFiniteLossError, TeSOModule
 
@@ -148,3 +149,40 @@ def test_cue_diagnostics_are_logged(batch):
     assert 0 < logged["val/gate_mean"] < 1
     assert logged["val/pmqs_share_cue"] + logged["val/pmqs_share_nocue"] == pytest.approx(1.0, abs=1e-5)
     assert "val/pmqs_share_audio" not in logged  # no audio path around the cues by default
+
+
+
+def clips_from(batch: AVSBatch, first: int) -> AVSBatch:
+    """The batch without its first ``first`` clips."""
+    n = first * batch.clip_len
+    per_frame = ("masks", "mask_valid", "cue_emb", "cue_mask", "frame_labels", "cue_labels", "class_masks")
+    per_clip = ("audio", "frame_idx", "negative", "onscreen")
+    return dataclasses.replace(batch, uids=batch.uids[first:], visual=[v[n:] for v in batch.visual],
+                               **{k: getattr(batch, k)[n:] for k in per_frame if getattr(batch, k) is not None},
+                               **{k: getattr(batch, k)[first:] for k in per_clip if getattr(batch, k) is not None})
+
+
+def test_validation_onscreen_clips_are_scored_apart(batch):
+    """A clip given an on-screen swap feeds val/onscreen_miou only: val/miou is that of the other clips."""
+    def validate(b):
+        module = make_module().eval()
+        logged = {}
+        module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
+        module._shared_step(b, "val")
+        gt = {"own": module.val_metric.stats().gt, "onscreen": module.val_onscreen_metric.stats().gt}
+        module.on_validation_epoch_end()
+        return logged, gt
+
+    assert batch.num_clips >= 2
+    t = batch.clip_len
+    first = torch.zeros(batch.num_clips, dtype=torch.bool)
+    first[0] = True
+    swapped = dataclasses.replace(batch, onscreen=first, masks=batch.masks.clone())
+    swapped.masks[:t] = 0
+    swapped.masks[:t, :2, :2] = 1  # the swap's target: a 2x2 corner, in no other frame's mask
+    (with_swap, gt), (others, gt_others) = validate(swapped), validate(clips_from(batch, 1))
+    valid = batch.mask_valid
+    assert gt["onscreen"].tolist() == [4] * int(valid[:t].sum())  # the first clip's frames, its target
+    assert torch.equal(gt["own"], gt_others["own"]) and len(gt["own"]) == int(valid[t:].sum())
+    assert "val/onscreen_miou" in with_swap and "val/onscreen_miou" not in others
+    assert with_swap["val/miou"] == pytest.approx(others["val/miou"], abs=1e-6)

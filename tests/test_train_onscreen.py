@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from tests.dummies_train import TinySpec, write_tiny_dataset
 from tests.test_train_data import make_dm
 from train.data import FeatureCacheError
 from train.onscreen import draw_donor, onscreen_pools
+from train.onscreen_probe import onscreen_scores
 
 CATEGORIES = ["guitar", "bell", "man"]  # the manifest's order: visible-map value = index + 1
 
@@ -147,3 +149,26 @@ def test_manifest_written_before_the_column_reads_as_no_maps(tmp_path):
     pq.write_table(table.drop_columns(["visible_mask_path"]), manifest)  # the metadata stays
     assert "visible_mask_path" not in pq.read_schema(manifest).names
     assert (read_manifest(manifest).frames["visible_mask_path"] == "").all()
+
+
+class HalfPredictor(torch.nn.Module):
+    """Predicts one half of every frame: ``right`` = the silent bell/man of the scenes, else the guitar."""
+
+    def __init__(self, right: bool) -> None:
+        super().__init__()
+        self.right = right
+
+    def forward(self, *, visual, audio, cue_emb, cue_mask, output_size):
+        logits = torch.full((cue_emb.shape[0], *output_size), -10.0)
+        half = output_size[1] // 2
+        (logits[..., half:] if self.right else logits[..., :half]).fill_(10.0)
+        return SimpleNamespace(mask_logits=logits, semantic_scores=None)
+
+
+def test_probe_scores_the_swapped_clips_against_the_silent_object(scenes):
+    root, manifest = scenes
+    dm = make_dm(root, manifest, splits={"test": "train"})
+    listens = onscreen_scores(HalfPredictor(right=True), dm)
+    assert listens == {"miou": pytest.approx(100.0), "empty_rate": 0.0, "clips": 2}
+    assert onscreen_scores(HalfPredictor(right=False), dm)["miou"] == pytest.approx(0.0)  # the usual sounder
+    assert onscreen_scores(HalfPredictor(right=True), make_dm(root, manifest))["clips"] == 0  # test has no donor
