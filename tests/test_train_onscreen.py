@@ -165,10 +165,13 @@ class HalfPredictor(torch.nn.Module):
         return SimpleNamespace(mask_logits=logits, semantic_scores=None)
 
 
-def test_probe_scores_the_swapped_clips_against_the_silent_object(scenes):
+def test_probe_scores_the_swapped_clips_against_the_silent_object(scenes, tmp_path):
     root, manifest = scenes
     dm = make_dm(root, manifest, splits={"test": "train"})
     listens = onscreen_scores(HalfPredictor(right=True), dm)
     assert listens == {"miou": pytest.approx(100.0), "empty_rate": 0.0, "clips": 2}
     assert onscreen_scores(HalfPredictor(right=False), dm)["miou"] == pytest.approx(0.0)  # the usual sounder
     assert onscreen_scores(HalfPredictor(right=True), make_dm(root, manifest))["clips"] == 0  # test has no donor
+    no_maps = write_scene_dataset(tmp_path, visible_maps=False)
+    with pytest.raises(FeatureCacheError, match="the on-screen probe needs a visible-object map"):
+        onscreen_scores(HalfPredictor(right=True), make_dm(tmp_path, no_maps, splits={"test": "train"}))

@@ -266,7 +266,7 @@ class AVSDataModule(pl.LightningDataModule):
             onscreen = {}
             if self.onscreen.get(stage, 0.0) > 0:
                 probs[ONSCREEN] = self.onscreen[stage]
-                onscreen = self._onscreen_inputs(clips, stage)
+                onscreen = self.onscreen_inputs(clips, what=f"data.{stage}_onscreen", fix=f"set data.{stage}_onscreen: 0")
             if probs:
                 dirs = self._negative_dirs(clips, stage)
                 ds = NegativeAudioDataset(ds, audio_dirs=dirs, probs=probs,
@@ -288,15 +288,16 @@ class AVSDataModule(pl.LightningDataModule):
                 manifest.frames, self._labels, self.categories, seed=seed, data_root=manifest.data_root)
         return self._offscreen_heard_of[audio_dir]
 
-    def _onscreen_inputs(self, clips: pd.DataFrame, stage: str) -> dict[str, Any]:
+    def onscreen_inputs(self, clips: pd.DataFrame, *, what: str, fix: str) -> dict[str, Any]:
         """The on-screen swaps' donor pools and the visible-map value of each label category; an error
-        when the dataset has no visible-object maps (the manifest's ``visible_mask_path``)."""
+        naming ``what`` asked for them and the ``fix`` when the dataset has no visible-object maps (the
+        manifest's ``visible_mask_path``) or the visual cache does not hold them."""
         manifest = self._read_manifest()
         frames = manifest.frames[manifest.frames["uid"].isin(set(clips["uid"]))]
         if (frames["visible_mask_path"] == "").any():
             raise FeatureCacheError(
-                f"{self.manifest_path}: data.{stage}_onscreen needs a visible-object map for every frame (column "
-                f"visible_mask_path; SynthAVS writes them, AVSBench has none); set data.{stage}_onscreen: 0")
+                f"{self.manifest_path}: {what} needs a visible-object map for every frame (column "
+                f"visible_mask_path; SynthAVS writes them, AVSBench has none); {fix}")
         self._array_shape(self._stores["visual"], "visual", "visible_mask")  # a cache made before the maps: error
         if self._onscreen_pools is None:
             self._onscreen_pools = manifest_pools(manifest.frames, manifest.data_root)

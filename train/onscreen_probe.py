@@ -34,7 +34,8 @@ def onscreen_scores(model: torch.nn.Module, dm: AVSDataModule, *, protocol: str 
     """``{"miou", "empty_rate", "clips"}`` (rates in %) of ``model`` on the swapped clips of ``dm``'s
     test split (:func:`train.eval_inputs.make_datamodule` serves any split as ``test``)."""
     base = dm.split_dataset("test")
-    inputs = dm._onscreen_inputs(dm.clip_table(dm.splits["test"]), "test")
+    inputs = dm.onscreen_inputs(dm.clip_table(dm.splits["test"]), what="the on-screen probe",
+                                fix="it runs on SynthAVS-like data only")
     swapped = NegativeAudioDataset(base, audio_dirs={}, probs={ONSCREEN: 1.0}, seed=VAL_SEED, **inputs)
     index = [i for i, u in enumerate(base.uids) if u in inputs["onscreen_pools"]]
     metric = AVSMetric(protocol=protocol)
