@@ -207,7 +207,7 @@ class VisualStage(Stage):
         """The class map of every visible object (category + 1, 0 = none) at the mask size, and 1; or
         zeros and 0 where the manifest has no visible map (``visible_mask_path`` empty)."""
         m = (self.mask_size, self.mask_size)
-        if not getattr(it, "visible_mask_path", ""):
+        if not it.visible_mask_path:
             return np.zeros(m, np.uint8), 0
         path = self.manifest.abspath(it.visible_mask_path)
         cls = decode_mask(path, "class_index", self.categories)

@@ -290,21 +290,23 @@ class TeSOModule(pl.LightningModule):
         self.metric(stage).reset()
         return scores
 
+    def _seen_on_any_rank(self, metric: AVSMetric) -> bool:
+        """Whether ``metric`` holds any frame on any rank: under DDP every rank then computes it (a
+        synced gather) if any rank has some."""
+        seen = any(t.numel() for t in metric.pred)  # frames seen on this rank
+        if self._trainer is not None:
+            seen = self.trainer.strategy.reduce_boolean_decision(seen, all=False)
+        return seen
+
     def on_validation_epoch_end(self) -> None:
         miou = self._log_metrics("val")["miou"]
         score = miou
-        has_negatives = any(t.numel() for t in self.val_negative_metric.pred)  # frames seen on this rank
-        if self._trainer is not None:  # under DDP every rank computes (a synced gather) if any rank has some
-            has_negatives = self.trainer.strategy.reduce_boolean_decision(has_negatives, all=False)
-        if has_negatives:
+        if self._seen_on_any_rank(self.val_negative_metric):
             empty = self.val_negative_metric.compute()["empty_rate"]
             self.log("val/negative_empty_rate", empty, sync_dist=False)
             score = 2 * miou * empty / (miou + empty).clamp(min=1e-8)  # harmonic mean: both must be high
             self.val_negative_metric.reset()
-        has_onscreen = any(t.numel() for t in self.val_onscreen_metric.pred)
-        if self._trainer is not None:
-            has_onscreen = self.trainer.strategy.reduce_boolean_decision(has_onscreen, all=False)
-        if has_onscreen:  # a counter-bias probe, logged only: val/score stays comparable across runs
+        if self._seen_on_any_rank(self.val_onscreen_metric):  # logged only: val/score stays comparable
             self.log("val/onscreen_miou", self.val_onscreen_metric.compute()["miou"], sync_dist=False)
             self.val_onscreen_metric.reset()
         self.log(MONITOR, score, sync_dist=False)

@@ -19,7 +19,6 @@ the eligible clips of the same split, whose audio features are read from the cle
 """
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
@@ -31,20 +30,9 @@ from pipeline.encoders import negatives
 
 def object_states(data_root: str | Path) -> dict[str, dict[str, str]]:
     """uid -> {category: ``active``/``idle``} from SynthAVS ``clips.jsonl``; {} where the data root has none."""
-    path = Path(data_root) / "clips.jsonl"
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec.get("uid") and isinstance(rec.get("objects"), dict):
-                out[rec["uid"]] = {str(c): str(s) for c, s in rec["objects"].items()}
-    return out
-
-
-def _union(values: pd.Series) -> set[str]:
-    return {str(c) for v in values for c in (v if v is not None else [])}
+    return {rec["uid"]: {str(c): str(st) for c, st in rec["objects"].items()}
+            for rec in negatives.scene_records(Path(data_root))
+            if rec.get("uid") and isinstance(rec.get("objects"), dict)}
 
 
 def onscreen_pools(frames: pd.DataFrame, *, states: dict[str, dict[str, str]] | None = None,
@@ -57,8 +45,8 @@ def onscreen_pools(frames: pd.DataFrame, *, states: dict[str, dict[str, str]] | 
     ``states`` lists the clip, ``active`` there.
     """
     states, heard_extra = states or {}, heard_extra or {}
-    clips = frames.groupby("uid", sort=True).agg(split=("split", "first"), labels=("labels", _union),
-                                                 visible=("visible_labels", _union)).reset_index()
+    clips = frames.groupby("uid", sort=True).agg(split=("split", "first"), labels=("labels", negatives.label_union),
+                                                 visible=("visible_labels", negatives.label_union)).reset_index()
     heard = [lab | heard_extra.get(u, set()) for u, lab in zip(clips["uid"], clips["labels"])]
     cats = {c: i for i, c in enumerate(sorted(set().union(*heard, *clips["visible"])))}
     hot = np.zeros((len(clips), len(cats)), dtype=bool)  # clip x category: heard

@@ -38,13 +38,13 @@ def onscreen_scores(model: torch.nn.Module, dm: AVSDataModule, *, protocol: str 
                                 fix="it runs on SynthAVS-like data only")
     swapped = NegativeAudioDataset(base, audio_dirs={}, probs={ONSCREEN: 1.0}, seed=VAL_SEED, **inputs)
     index = [i for i, u in enumerate(base.uids) if u in inputs["onscreen_pools"]]
+    if not index:
+        return {"miou": None, "empty_rate": None, "clips": 0}
     metric = AVSMetric(protocol=protocol)
     for k in range(0, len(index), batch_size):
         batch = collate_clips([swapped[(i, 0)] for i in index[k:k + batch_size]])
         logits, _ = forward_batch(model, batch)
         metric.update(logits, batch.masks, clip_len=batch.clip_len, valid=batch.mask_valid)
-    if not index:
-        return {"miou": None, "empty_rate": None, "clips": 0}
     scores = metric.compute()
     return {"miou": 100 * float(scores["miou"]), "empty_rate": 100 * float(scores["empty_rate"]), "clips": len(index)}
 

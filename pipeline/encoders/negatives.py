@@ -44,22 +44,23 @@ def ambient(n: int, *, seed: int, key: str) -> np.ndarray:
     return room_tone(n, ROOM_TONE_RMS, _rng(seed, f"ambient:{key}")).astype(np.float32)
 
 
-def _union(values: pd.Series) -> set[str]:
+def label_union(values: pd.Series) -> set[str]:
+    """The categories of a column of label lists (None = none), as one set: a clip's, per groupby."""
     return {str(c) for v in values for c in (v if v is not None else [])}
+
+
+def scene_records(data_root: Path) -> list[dict]:
+    """The clips' scene records of a SynthAVS data root (``clips.jsonl``); [] where it has none."""
+    path = Path(data_root) / "clips.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def offscreen_categories(data_root: Path) -> dict[str, set[str]]:
     """uid -> off-screen categories heard in the clip (SynthAVS ``clips.jsonl``; {} elsewhere)."""
-    path = Path(data_root) / "clips.jsonl"
-    if not path.exists():
-        return {}
-    out: dict[str, set[str]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if rec.get("offscreen") and rec.get("uid"):
-                out[rec["uid"]] = {rec["offscreen"]["category"]}
-    return out
+    return {rec["uid"]: {rec["offscreen"]["category"]} for rec in scene_records(data_root)
+            if rec.get("offscreen") and rec.get("uid")}
 
 
 def offscreen_donors(frames: pd.DataFrame, *, seed: int, heard_extra: dict[str, set[str]] | None = None) -> dict[str, str]:
@@ -72,8 +73,8 @@ def offscreen_donors(frames: pd.DataFrame, *, seed: int, heard_extra: dict[str, 
     heard_extra = heard_extra or {}
     vis_col = "visible_labels" if "visible_labels" in frames and frames["visible_labels"].map(
         lambda v: v is not None and len(v) > 0).any() else "labels"
-    clips = frames.groupby("uid", sort=True).agg(split=("split", "first"), labels=("labels", _union),
-                                                 visible=(vis_col, _union)).reset_index()
+    clips = frames.groupby("uid", sort=True).agg(split=("split", "first"), labels=("labels", label_union),
+                                                 visible=(vis_col, label_union)).reset_index()
     clips["heard"] = [lab | heard_extra.get(u, set()) for u, lab in zip(clips["uid"], clips["labels"])]
     # heard categories as a clip x category matrix: "no heard category is visible here" is then one
     # vectorised test per clip (the training data module draws the same donors again, for every run)
