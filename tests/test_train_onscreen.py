@@ -36,7 +36,7 @@ def test_a_donor_sounds_only_what_is_visible_silent_and_active_here():
         + clip_frames("g", "train", ["man", "bell"], []))              # silent: donates nothing
     states = {"a": {"guitar": "active", "bell": "active"}, "d": {"guitar": "active", "bell": "idle"}}
     pools = onscreen_pools(frames, states=states, heard_extra={"f": {"phone"}})
-    # g sees man and bell silent; b, c (both heard, both visible-silent there) and f (its phone is not) qualify
+    # g shows man and bell, both silent: b and c qualify, f does not (its off-screen phone is not visible in g)
     assert pools == {"a": ["b"], "g": ["b", "c"]}
     assert onscreen_pools(frames, heard_extra={"f": {"phone"}})["d"] == ["b"]  # without states, idle counts
     donors = [draw_donor(["b", "c", "x"], "g", seed=0, epoch=e) for e in range(12)]
