@@ -14,7 +14,6 @@ class PMQSLayer(nn.Module):
 
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float, gate_bias: bool = False) -> None:
         super().__init__()
-        self.num_heads = num_heads
         self.gate_bias = gate_bias
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -30,9 +29,8 @@ class PMQSLayer(nn.Module):
         kv = self.norm_kv(prompts)
         bias = None
         if self.gate_bias:  # ablation: the gate also steers which token is read (attention logit + log g)
-            log_g = torch.log(prompt_gate.to(kv.dtype).clamp_min(GATE_FLOOR))
-            bias = log_g[:, None, :].expand(-1, queries.shape[1], -1).repeat_interleave(self.num_heads, dim=0)
-            bias = bias.masked_fill(~prompt_mask.repeat_interleave(self.num_heads, dim=0)[:, None, :], float("-inf"))
+            log_g = torch.log(prompt_gate.to(kv.dtype).clamp_min(GATE_FLOOR)).masked_fill(~prompt_mask, float("-inf"))
+            bias = log_g[:, None, :].expand(-1, queries.shape[1], -1).repeat_interleave(self.cross_attn.num_heads, dim=0)
         # the gate scales what a token contributes (its value), after the norm that would undo it
         h, w = self.cross_attn(self.norm_q(queries) + query_pos, kv, kv * prompt_gate[..., None].to(kv.dtype),
                                key_padding_mask=None if bias is not None else ~prompt_mask, attn_mask=bias,
