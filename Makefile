@@ -95,20 +95,22 @@ train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., 
 	  --run_name $(or $(RUN),synthavs-$(or $(VARIANT),teso)) \
 	  --ckpt_path last --latest_json runs/latest.json $(TRAIN_ARGS)
 
-eval: setup ## stage 5: metrics and report for the last training run
-	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL))
+eval: setup ## stage 5: metrics and report for the last training run (RUN=, PROTOCOL=, EVAL_ARGS=)
+	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(EVAL_ARGS)
 
 preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen)
 	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 # Models the demo trains and compares (the preference test reads every runs/*/export). They train
-# side by side, DEMO_JOBS at a time: each training uses one thread (configs/experiment/demo.yaml),
-# so two of them fill the two cores; each one's output is printed when it ends.
+# side by side, DEMO_JOBS at a time: each training and its evaluation use one thread
+# (configs/experiment/demo.yaml, --threads 1), so two of them fill the two cores; each one's output
+# is printed when it ends.
 DEMO_VARIANTS ?= teso audio_only
 DEMO_JOBS ?= 2
 
 demo-model-%: setup # one demo model: train it, then evaluate it
-	@$(MAKE) --no-print-directory train VARIANT=$* && $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$*
+	@$(MAKE) --no-print-directory train VARIANT=$* && \
+	  $(MAKE) --no-print-directory eval DATASET=synthavs RUN=synthavs-$* EVAL_ARGS="--threads 1"
 
 # Cue sets the demo makes. `direct` (answer-only control of `cot`) is left out by default: the demo's
 # training reads `cot` only, and asking direct costs about a third of the cue stage (docs/cues.md,

@@ -216,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlays", type=int, default=N_OVERLAYS, help="clips drawn as overlay strips")
     ap.add_argument("--batch-size", type=int, default=None, help="clips per forward pass")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); 1 beside another job on the same cores (make demo)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # oversubscribed OpenMP threads spin: docs/scaling.md
     try:
         res = evaluate(run=args.run, export=args.export, dataset=args.dataset, cache_root=args.cache_root,
                        manifest=args.manifest, split=args.split, protocol=args.protocol,
