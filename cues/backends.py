@@ -63,6 +63,10 @@ class TransformersBackend(LLMBackend):
         self._grammars: dict[str, Any] = {}
         self.decoder = None  # the last call's GreedyDecoder (its stats say what was computed)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for a worker process (cues.parallel) without what load() made: it loads its own.
+        return {**self.__dict__, "model": None, "tokenizer": None, "_grammars": {}, "decoder": None}
+
     def resolve(self) -> ResolvedModel:
         if self.resolved is None:
             self.resolved = resolve_model(self.model_spec, gguf_file=self.gguf_file)
@@ -173,6 +177,9 @@ class VLLMBackend(LLMBackend):
         self.max_model_len = max_model_len
         self.llm = None
         self.resolved: ResolvedModel | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "llm": None}  # a worker process loads its own (cues.parallel)
 
     def config(self) -> dict[str, Any]:
         if self.resolved is None:

@@ -50,6 +50,14 @@ class Memo:
         self.hits += 1
         return value
 
+    def __contains__(self, key: str) -> bool:
+        """A readable entry exists (not counted as a hit or miss)."""
+        try:
+            json.loads(self._path(key).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return True
+
     def put(self, key: str, value: dict[str, Any]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -160,6 +160,15 @@ class LLMCues:
         self.asked += len(todo)
         return answers
 
+    def missing(self, captions: list[str]) -> dict[str, str]:
+        """``{memo key: caption}`` of the distinct captions whose answer the memo lacks."""
+        todo: dict[str, str] = {}
+        for c in dict.fromkeys(captions):
+            k = self.key(c)
+            if k not in todo and k not in self.memo:
+                todo[k] = c
+        return todo
+
     def ask_ahead(self, captions: list[str], *, chunk: int, progress: bool = False) -> int:
         """Ask every distinct caption the memo lacks, ``chunk`` per LLM call; returns how many.
 
@@ -168,11 +177,7 @@ class LLMCues:
         in large calls first, :meth:`answer` then finds them all in the memo. Each call's
         answers are memoised when it returns, so a killed run keeps them.
         """
-        todo: dict[str, str] = {}
-        for c in dict.fromkeys(captions):
-            k = self.key(c)
-            if k not in todo and self.memo.get(k) is None:
-                todo[k] = c
+        todo = self.missing(captions)
         keys = list(todo)
         label = f"{self.template.version} {self.backend.config()['model'].split(':')[-1]}"
         with tqdm(total=len(keys), desc=f"asking {label}", unit="caption", disable=not progress or not keys,

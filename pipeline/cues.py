@@ -38,6 +38,7 @@ from cues.evaluate import evaluate_dirs, format_table
 from cues.hub import DEFAULT_MODEL, MODEL_NAMES
 from cues.memo import Memo
 from cues.normalize import DEFAULT_MAX_CUES, Vocabulary, dataset_vocabulary
+from cues.parallel import ask_in_processes, jobs_for
 from cues.sources import SCENES_FILE, SOURCES, ActiveCues, LLMCues, OracleCues, VocabMatchCues
 from cues.templates import load_template
 from cues.verdict_score import VERDICT_MODES
@@ -95,32 +96,37 @@ class CueStage(Stage):
     name = "cues"
 
     def __init__(self, source: LLMCues | VocabMatchCues | ActiveCues | OracleCues, *, batch_size: int = 64,
-                 ask_ahead: int = 256, progress: bool = False):
-        self.source, self.batch_size, self.ask_ahead = source, batch_size, ask_ahead
+                 ask_ahead: int = 256, ask_jobs: int = 1, progress: bool = False):
+        self.source, self.batch_size, self.ask_ahead, self.ask_jobs = source, batch_size, ask_ahead, ask_jobs
         self.progress = progress  # a bar with captions/s while asking ahead
 
     def config(self) -> dict[str, Any]:
         return self.source.config()
 
-    def setup(self) -> None:
-        if isinstance(self.source, LLMCues):
-            self.source.backend.load()
-
     def prepare(self, items: pd.DataFrame) -> None:
-        """LLM sets: ask all distinct captions of the pending rows first, ``ask_ahead`` per call."""
-        if not isinstance(self.source, LLMCues) or self.ask_ahead <= 0:
+        """LLM sets: ask all distinct captions of the pending rows first, ``ask_ahead`` per call, in
+        up to ``ask_jobs`` processes (:mod:`cues.parallel`). The model is loaded only when the memo
+        lacks an answer, and before any asking, so a model that cannot load stops the stage here."""
+        if not isinstance(self.source, LLMCues):
             return
         captions = items.loc[items["caption_failure"] == "", "caption"].tolist()
+        if not self.source.missing(captions):
+            return  # every answer is memoised (an interrupted run, another cue set's shard size)
+        self.source.backend.load()
+        if self.ask_ahead <= 0:
+            return
         t0 = time.perf_counter()
         try:
-            n = self.source.ask_ahead(captions, chunk=self.ask_ahead, progress=self.progress)
+            n = ask_in_processes(self.source, captions, jobs=self.ask_jobs, chunk=self.ask_ahead,
+                                 progress=self.progress)
         except Exception as exc:  # noqa: BLE001 - the micro-batches ask again and record row failures
             print(f"[cues:{self.source.template.version}] asking ahead failed ({type(exc).__name__}: {exc}); "
                   "answering batch by batch", file=sys.stderr)
             return
         scored = f", {self.source.score_seconds:.1f}s of it scoring verdicts" if self.source.scoring else ""
-        print(f"[cues:{self.source.template.version}] asked {n} distinct captions ahead, up to {self.ask_ahead} "
-              f"per LLM call ({time.perf_counter() - t0:.1f}s{scored})", file=sys.stderr)
+        jobs = f" in {jobs_for(n, self.ask_jobs)} processes" if jobs_for(n, self.ask_jobs) > 1 else ""
+        print(f"[cues:{self.source.template.version}] asked {n} distinct captions ahead{jobs}, up to "
+              f"{self.ask_ahead} per LLM call ({time.perf_counter() - t0:.1f}s{scored})", file=sys.stderr)
 
     def _meta(self) -> tuple[str, str]:
         if isinstance(self.source, LLMCues):
@@ -215,7 +221,7 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | Ma
              max_cues: int = DEFAULT_MAX_CUES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, llm_batch_size: int = DEFAULT_LLM_BATCH,
              tensor_parallel_size: int = 1, batch_size: int = 128, shard_size: int = 256, num_shards: int = 1,
              shard_index: int = 0, progress: bool = True, memo_dir: str | Path | None = None,
-             ask_ahead: int = 256, verdicts: str = "greedy") -> dict[str, StageResult]:
+             ask_ahead: int = 256, ask_jobs: int = 1, verdicts: str = "greedy") -> dict[str, StageResult]:
     """Run every cue set in ``sets``; returns {tag: StageResult}. All checks happen before any load
     (a named model's weights are joined and verified here, before anything is written). ``manifest``:
     its path, or the manifest already read (the CLI reads it once for the cues and the report)."""
@@ -237,7 +243,8 @@ def run_cues(*, dataset: str, sets: str | None = None, manifest: str | Path | Ma
         backend.config()  # resolves the model: weights joined and verified, identity known
     results = {}
     for tag, source in sources.items():
-        results[tag] = run_stage(CueStage(source, batch_size=batch_size, ask_ahead=ask_ahead, progress=progress), items,
+        results[tag] = run_stage(CueStage(source, batch_size=batch_size, ask_ahead=ask_ahead, ask_jobs=ask_jobs,
+                                          progress=progress), items,
                                  cache_root=cache_root, dataset=dataset,
                                  inputs={"manifest": m.fingerprint, "captions": captions_fp}, shard_size=shard_size,
                                  num_shards=num_shards, shard_index=shard_index, tag=tag, progress=progress)
@@ -278,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows per runner micro-batch (LLM sets have asked their distinct captions ahead)")
     p.add_argument("--ask-ahead", type=int, default=256,
                    help="distinct captions per LLM call when asking ahead of the micro-batches (0 = off)")
+    p.add_argument("--ask-jobs", type=int, default=1,
+                   help="processes that ask the missing captions ahead, one share each, this one included "
+                   "(CPU: one per core, each with its share of the torch threads; every one loads the model)")
     p.add_argument("--verdicts", choices=VERDICT_MODES, default="greedy",
                    help="verdicts templates (cot): greedy = the decoded sounds/silent words; scored = each verdict "
                    "decided from next-token margins in one extra forward pass (transformers backend; docs/cues.md)")
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                        llm_batch_size=a.llm_batch_size, tensor_parallel_size=a.tensor_parallel_size,
                        batch_size=a.batch_size, shard_size=a.shard_size, num_shards=a.num_shards,
                        shard_index=a.shard_index, progress=not a.no_progress, memo_dir=a.memo_dir,
-                       ask_ahead=a.ask_ahead, verdicts=a.verdicts)
+                       ask_ahead=a.ask_ahead, ask_jobs=a.ask_jobs, verdicts=a.verdicts)
     for tag, result in results.items():
         print_summary(result, f"cues:{tag}")
     if not a.no_eval and all(r.complete for r in results.values()):

@@ -1,6 +1,8 @@
 """The cue stage: memo, repair, statuses, tables readable by `datasets`, kill-and-resume, sharding."""
 import json
+import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +80,7 @@ def test_llm_cues_memo_repair_and_statuses(world):
     # A new stage directory (other shard size) with the same questions: all memo hits, no LLM call.
     fake2 = FakeLLM(_answer_by_scene)
     res2 = _run(world, LLMCues(load_template("cot-v1"), fake2, vocab, Memo(world["tmp"] / "memo")), shard_size=7)
-    assert res2.out_dir != res.out_dir and fake2.calls == []
+    assert res2.out_dir != res.out_dir and fake2.calls == [] and fake2.loaded == 0  # nothing to ask: no load
     assert read_stage(res2.out_dir)["cues"].map(list).tolist() == rows["cues"].map(list).tolist()
     assert read_card(res2.out_dir)["memo"]["this_run"]["hit_rate"] == 1.0
     # Another template is another question.
@@ -94,6 +96,40 @@ def test_second_run_loads_nothing(world):
     assert fake.loaded == 1
     again = _run(world, src)
     assert again.skipped and fake.loaded == 1
+
+
+def _fails_in_a_worker(prompt: str) -> str:
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("this worker process broke")
+    return _answer_by_scene(prompt)
+
+
+def _asked_captions(fake: FakeLLM) -> set[str]:
+    """The captions a fake LLM was asked about (repair prompts left out)."""
+    return {m.group(1) for p in fake.prompts if "could not be read" not in p
+            for m in [re.match(r'Description: "(.*)"', p)] if m}
+
+
+@pytest.mark.parametrize("answer", [_answer_by_scene, _fails_in_a_worker])
+def test_ask_jobs_split_the_captions_between_processes(world, monkeypatch, capsys, answer):
+    monkeypatch.setattr("cues.parallel.MIN_PER_JOB", 1)  # 4 distinct captions: worth 2 processes here
+    vocab = dataset_vocabulary(world["m"])
+    alone = read_stage(_run(world, LLMCues(load_template("cot-v1"), FakeLLM(_answer_by_scene), vocab,
+                                           Memo(world["tmp"] / "memo-1"))).out_dir)
+    fake = FakeLLM(answer)
+    src = LLMCues(load_template("cot-v1"), fake, vocab, Memo(world["tmp"] / "memo-2"))
+    res = run_stage(CueStage(src, batch_size=5, ask_jobs=2), world["items"], cache_root=world["cache"],
+                    dataset="tiny", inputs={"captions": "two processes"}, tag="cot", progress=False)
+    rows = read_stage(res.out_dir)
+    keep = ["uid", "frame_idx", "raw_output", "repair_output", "parse_status"]
+    assert rows[keep].equals(alone[keep]) and rows["cues"].map(list).equals(alone["cues"].map(list))
+    assert read_card(res.out_dir)["memo"]["this_run"]["asked_llm"] == 4  # both processes' questions
+    if answer is _answer_by_scene:  # this process asked its share only, the worker the other
+        assert len(_asked_captions(fake)) == 2
+        assert "asked 4 distinct captions ahead in 2 processes" in capsys.readouterr().err
+    else:  # the worker failed: this process asked the worker's share too
+        assert len(_asked_captions(fake)) == 4
+        assert "1 of 1 asking processes failed" in capsys.readouterr().err
 
 
 def test_baselines_and_tables_open_with_datasets(world, tmp_path, monkeypatch):
