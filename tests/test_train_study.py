@@ -13,6 +13,7 @@ from pipeline.store import write_cache
 from tests.dummies_train import TinySpec, tiny_config, write_tiny_dataset
 from train.study import StudyError, build_parser, cue_tag_of, fit_args, inputs_stamp, job_argv, parse_variant, run_study
 from train.study_eval import ROW_KEYS
+from train.study_report import probe_markdown
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -52,6 +53,10 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     md = (out / "study.md").read_text()
     assert "## Goals (issue 13)" in md and "## Per seed" in md and md.count("| teso | shuffled |") >= 3
     assert (out / "study.png").stat().st_size > 10_000
+    # the on-screen probe of every run, not measured on data without visible-object maps
+    assert sorted((p["variant"], p["seed"]) for p in data["meta"]["probes"]) == \
+        [("audio_only", 0), ("audio_only", 1), ("teso", 0), ("teso", 1)]
+    assert all("miou" not in p for p in data["meta"]["probes"]) and "## On-screen swap probe" in md
     # the seed reaches the training: other seed, other weights
     weights = [(tmp_path / "runs" / f"teso-s{s}" / "export" / "model.safetensors").read_bytes() for s in (0, 1)]
     assert weights[0] != weights[1]
@@ -124,6 +129,15 @@ def test_stamp_counts_the_runs_own_cue_set_only(tmp_path):
     again = inputs_stamp(args, str(root))
     point("audio", "latest-none.json", "b")
     assert inputs_stamp(args, str(root)) != again  # every non-cue pointer still counts
+
+
+def test_probe_table_gives_mean_std_and_each_seed():
+    probes = [{"variant": "teso", "seed": s, "split": "val", "miou": m, "empty_rate": e, "clips": 38}
+              for s, m, e in [(1, 30.0, 10.0), (0, 20.0, 30.0)]] + [{"variant": "audio_only", "seed": 0}]
+    md = "\n".join(probe_markdown(probes))
+    assert "| teso | 38 | 25.0 ± 7.1 | 20.0 ± 14.1 | 20.0 / 30.0 |" in md  # seeds in order
+    assert "audio_only" not in md  # its run had no probe (no maps): no row rather than zeros
+    assert "Not measured" in "\n".join(probe_markdown([{"variant": "teso", "seed": 0}]))
 
 
 def test_delta_m_goal_says_when_a_listening_baseline_caps_the_ratio():

@@ -5,8 +5,10 @@ One job per (variant, seed) runs in its own process (``python -m train.study --o
 a time, one torch thread each (the demo experiment's ``torch_threads: 1``): on the 2-core box two
 side by side. A job trains ``runs/study/<variant>-s<seed>`` with ``--seed_everything s --data.seed s``
 (the demo's configs, caches and cues), then writes its rows (:mod:`train.study_eval`) to
-``rows.json`` in its run directory. A finished job whose inputs (its fit arguments and the cache
-pointers) are unchanged is reused; a failed job is reported and the others go on.
+``rows.json`` in its run directory, with the on-screen swap probe of the validation split
+(:func:`train.study_eval.onscreen_probe`; null without visible-object maps). A finished job whose
+inputs (its fit arguments and the cache pointers) are unchanged is reused; a failed job is reported
+and the others go on.
 
 A variant is a model config name (``configs/model/<name>.yaml``), optionally with a cue set:
 ``teso:active`` trains TeSO on the ``active`` cue set (the ceiling of perfect cues). Cue controls
@@ -34,6 +36,7 @@ DEMO_CONFIGS = ("configs/trainer/cpu.yaml", "configs/data/synthavs.yaml", "confi
                 "configs/experiment/demo.yaml")
 NO_CUES = ("audio_only",)  # variants that never read cues: only the control "none"
 ROWS, STAMP = "rows.json", "study_stamp.json"
+PROBE = "onscreen_probe"  # rows.json key: the on-screen swap probe on the validation split (or null)
 
 
 class StudyError(ValueError):
@@ -115,7 +118,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
             split: str = "test") -> Path:
     """Train (unless reusable) and evaluate one (variant, seed) on ``split``; returns its ``rows.json``."""
     from train.cli import main as fit_main
-    from train.study_eval import evaluate_run, parameter_count
+    from train.study_eval import evaluate_run, onscreen_probe, parameter_count
 
     args = fit_args(variant, seed, configs=configs, runs_dir=runs_dir, cache_root=cache_root, train_args=train_args,
                     cues=cues)
@@ -124,6 +127,10 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     stamp_file = run / STAMP
     same = stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp
     if same and (run / ROWS).exists() and json.loads((run / ROWS).read_text()).get("split", "test") == split:
+        done = json.loads((run / ROWS).read_text())
+        if PROBE not in done:  # scored before the probe was part of the study
+            done[PROBE] = onscreen_probe(run / "export", cache_root=cache_root)
+            (run / ROWS).write_text(json.dumps(done, default=float))
         return run / ROWS
     if run.exists() and not same:
         shutil.rmtree(run)  # other inputs: start over (a same-input run resumes from its last checkpoint)
@@ -140,7 +147,8 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
                         cache_root=cache_root, split=split)
     (run / ROWS).write_text(json.dumps({"rows": rows, "split": split, "train_seconds": train_s,
                                         "eval_seconds": time.perf_counter() - t0 - (0 if rescore else train_s),
-                                        "parameters": parameter_count(run / "export")}, default=float))
+                                        "parameters": parameter_count(run / "export"),
+                                        PROBE: onscreen_probe(run / "export", cache_root=cache_root)}, default=float))
     return run / ROWS
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from train import metrics as M
+from train.clips import FeatureCacheError
 from train.controls import CueControl
 from train.eval_inputs import make_datamodule, scored_split
 from train.eval_scoring import predict_clips
 from train.export import load_exported, read_export_config
+from train.onscreen_probe import onscreen_scores
 from train.preference import groups_of
 
 ROW_KEYS = ("variant", "control", "seed", "slice", "miou_normal", "miou_mute", "delta_m_mute", "fscore_normal",
@@ -53,3 +55,15 @@ def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: S
                          "delta_m_mute": M.preference_delta(n["miou"], m["miou"]), "fscore_normal": 100 * n["fscore"],
                          "empty_rate_mute": 100 * m["empty_rate"], "fpr_offscreen": 100 * (1 - o["empty_rate"])})
     return rows
+
+
+def onscreen_probe(export_dir: str | Path, *, cache_root: str | Path | None = None,
+                   split: str = "val") -> dict[str, Any] | None:
+    """The on-screen swap probe of one exported model (:mod:`train.onscreen_probe`) on ``split``:
+    ``{"split", "miou", "empty_rate", "clips"}``, or None where the data has no visible-object maps
+    (AVSBench, an old visual cache). Validation by default: it is a figure to choose settings on."""
+    dm = make_datamodule(read_export_config(export_dir), cache_root=cache_root, split=split)
+    try:
+        return {"split": split, **onscreen_scores(load_exported(export_dir).eval(), dm)}
+    except FeatureCacheError:
+        return None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from train.study import PROBE
 from train.study_eval import ROW_KEYS
 
 METRICS = ROW_KEYS[4:]
@@ -127,9 +128,30 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
             return "–" if not np.isfinite(x) else f"{x:.1f}"
         lines.append(f"| {v} | {c} | {s} | {val('all', 'miou_normal')} | {val('counter_bias', 'miou_normal')} | "
                      f"{val('all', 'delta_m_mute')} | {val('null', 'empty_rate_mute')} | {val('all', 'fpr_offscreen')} |")
-    lines += ["", "Rows: `study.json` (one per run, control and slice; recompute any mean from it). "
-              "Chart: `study.png`.", ""]
+    lines += probe_markdown(meta.get("probes", []))
+    lines += ["", "Rows: `study.json` (one per run, control and slice; recompute any mean from it; `meta.probes`: "
+              "the probe of each run). Chart: `study.png`.", ""]
     return "\n".join(lines)
+
+
+def probe_markdown(probes: list[dict[str, Any]]) -> list[str]:
+    """The on-screen swap probe per variant: mean ± std over seeds, and each seed's value."""
+    lines = ["", "## On-screen swap probe (validation split)", ""]
+    measured = [p for p in probes if p.get("miou") is not None]
+    if not measured:
+        return lines + ["Not measured: the data has no visible-object maps, or no validation clip has a swap donor.", ""]
+    lines += ["mIoU on the validation clips that have an on-screen swap donor, heard instead of their own sound "
+              "(a counter-bias frame made from the split's own clips; `python -m train.onscreen_probe`). "
+              "A figure to choose settings on, not a test score.", "",
+              "| variant | clips | probe mIoU | empty % | per seed |", "|---|---|---|---|---|"]
+    df = pd.DataFrame(measured)
+    for v, g in df.groupby("variant", sort=False):
+        g = g.sort_values("seed")
+        std = lambda c: float(g[c].std(ddof=1)) if len(g) > 1 else 0.0  # noqa: E731
+        lines.append(f"| {v} | {int(g['clips'].iloc[0])} | {_fmt(float(g['miou'].mean()), std('miou'))} | "
+                     f"{_fmt(float(g['empty_rate'].mean()), std('empty_rate'))} | "
+                     + " / ".join(f"{m:.1f}" for m in g["miou"]) + " |")
+    return lines + [""]
 
 
 def study_chart(summary: pd.DataFrame, path: Path) -> Path:
@@ -171,7 +193,9 @@ def write_study(results: list[dict[str, Any]], out_dir: Path, meta: dict[str, An
     summary = summarise(rows) if len(rows) else pd.DataFrame()
     meta = {**meta, "date": dt.date.today().isoformat(), "machine": machine(),
             "parameters": {res["rows"][0]["variant"]: res["parameters"] for res in results if res["rows"]},
-            "train_seconds": [res.get("train_seconds") for res in results]}
+            "train_seconds": [res.get("train_seconds") for res in results],
+            "probes": [{"variant": res["rows"][0]["variant"], "seed": res["rows"][0]["seed"], **(res.get(PROBE) or {})}
+                       for res in results if res["rows"]]}
     meta["goals"] = goals(summary, meta["wall_seconds"] / 60) if len(rows) else []
     data = {"rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                      for r in rows.to_dict(orient="records")], "meta": meta}
