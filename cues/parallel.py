@@ -64,7 +64,8 @@ def ask_in_processes(source: Any, captions: list[str], *, jobs: int, chunk: int,
     own_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        source.ask_ahead(shares[0], chunk=chunk, progress=progress)
+        source.ask_ahead(shares[0], chunk=chunk, progress=progress,
+                         note=f" (this process's share: {jobs} processes ask {len(todo)})")
         for p in procs:
             p.join()
     finally:

@@ -169,17 +169,18 @@ class LLMCues:
                 todo[k] = c
         return todo
 
-    def ask_ahead(self, captions: list[str], *, chunk: int, progress: bool = False) -> int:
+    def ask_ahead(self, captions: list[str], *, chunk: int, progress: bool = False, note: str = "") -> int:
         """Ask every distinct caption the memo lacks, ``chunk`` per LLM call; returns how many.
 
         The runner's micro-batches hold few new captions each (a clip's frames share theirs,
         and later batches are mostly memo hits), too few to fill a batched decoder; asked here
         in large calls first, :meth:`answer` then finds them all in the memo. Each call's
-        answers are memoised when it returns, so a killed run keeps them.
+        answers are memoised when it returns, so a killed run keeps them. ``note`` ends the
+        progress bar's label.
         """
         todo = self.missing(captions)
         keys = list(todo)
-        label = f"{self.template.version} {self.backend.config()['model'].split(':')[-1]}"
+        label = f"{self.template.version} {self.backend.config()['model'].split(':')[-1]}{note}"
         with tqdm(total=len(keys), desc=f"asking {label}", unit="caption", disable=not progress or not keys,
                   file=sys.stderr, smoothing=0.1) as bar:
             for b in range(0, len(keys), chunk):
