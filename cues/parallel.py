@@ -5,8 +5,9 @@ before one process with ``jobs`` threads: a decode step's skinny matrix products
 thread poorly (measured on the 2-core box: the demo's 160 ``cot-v3`` captions with
 Qwen2.5-Coder-0.5B took 185 s in one two-thread process and 156 s in two one-thread processes,
 with the same 160 answers; docs/cues.md, Speed). The shares are disjoint (every ``jobs``-th of
-the sorted memo keys of the missing captions), every process memoises its answers as each LLM call returns, and the
-stage then reads them all from the memo. Each process holds its own copy of the model.
+the sorted memo keys of the missing captions), every process memoises its answers as each LLM
+call returns, and the stage then reads them all from the memo. On Linux the other processes are
+forked after the model is loaded and share its memory; elsewhere each loads its own copy.
 """
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def ask_in_processes(source: Any, captions: list[str], *, jobs: int, chunk: int,
     """Ask every caption of ``captions`` that the memo lacks, in up to ``jobs`` processes (this one
     included); returns how many were asked. ``source`` is a :class:`cues.sources.LLMCues`.
 
-    The other processes are started (spawned) with the source pickled without its loaded model
-    (each loads its own at its first question); this process asks share 0. A process that fails
-    leaves its captions unanswered: this process asks them afterwards, so a failure costs time,
-    not answers.
-    The source's ``asked`` counter ends up counting every process's questions.
+    This process asks share 0, the others one share each (forked on Linux; spawned elsewhere,
+    with the source pickled without its loaded model, which each loads at its first question).
+    A process that fails leaves its captions unanswered: this process asks them afterwards, so a
+    failure costs time, not answers. The source's ``asked`` counter ends up counting every
+    process's questions.
     """
     todo = source.missing(captions)
     jobs = jobs_for(len(todo), jobs)

@@ -124,7 +124,8 @@ class CueStage(Stage):
                   "answering batch by batch", file=sys.stderr)
             return
         scored = f", {self.source.score_seconds:.1f}s of it scoring verdicts" if self.source.scoring else ""
-        jobs = f" in {jobs_for(n, self.ask_jobs)} processes" if jobs_for(n, self.ask_jobs) > 1 else ""
+        procs = jobs_for(n, self.ask_jobs)
+        jobs = f" in {procs} processes" if procs > 1 else ""
         print(f"[cues:{self.source.template.version}] asked {n} distinct captions ahead{jobs}, up to "
               f"{self.ask_ahead} per LLM call ({time.perf_counter() - t0:.1f}s{scored})", file=sys.stderr)
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="distinct captions per LLM call when asking ahead of the micro-batches (0 = off)")
     p.add_argument("--ask-jobs", type=int, default=1,
                    help="processes that ask the missing captions ahead, one share each, this one included "
-                   "(CPU: one per core, each with its share of the torch threads; every one loads the model)")
+                   "(CPU: one per core, each with its share of the torch threads; 1 on a GPU)")
     p.add_argument("--verdicts", choices=VERDICT_MODES, default="greedy",
                    help="verdicts templates (cot): greedy = the decoded sounds/silent words; scored = each verdict "
                    "decided from next-token margins in one extra forward pass (transformers backend; docs/cues.md)")
