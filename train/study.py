@@ -126,8 +126,8 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     stamp = inputs_stamp(args, cache_root)
     stamp_file = run / STAMP
     same = stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp
-    if same and (run / ROWS).exists() and json.loads((run / ROWS).read_text()).get("split", "test") == split:
-        done = json.loads((run / ROWS).read_text())
+    done = json.loads((run / ROWS).read_text()) if same and (run / ROWS).exists() else None
+    if done is not None and done.get("split", "test") == split:
         if PROBE not in done:  # scored before the probe was part of the study
             done[PROBE] = onscreen_probe(run / "export", cache_root=cache_root)
             (run / ROWS).write_text(json.dumps(done, default=float))
