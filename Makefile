@@ -52,6 +52,7 @@ $(EXTRAS_STAMP): $(STAMP)
 	touch $(EXTRAS_STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (idempotent; make test and make app add their extras)
+	@:
 
 debian: ## install the Debian packages the demo data needs (root)
 	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -59,7 +60,10 @@ debian: ## install the Debian packages the demo data needs (root)
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; fi
 
-setup: venv debian ## venv + Python packages + Debian packages
+# Side by side: the Python install and apt both wait mostly on disks and unpacking (~60 s and ~30 s on a
+# new machine); when both are done this is a no-op check.
+setup: ## venv + Python packages + Debian packages
+	@$(MAKE) --no-print-directory -j2 --output-sync=target venv debian
 
 data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=, SEED=, SILENT_SHARE=)
 	$(PY) -m pipeline.synthavs --clips $(CLIPS) --scene-pool $(SCENES) --seed $(SEED) --ms3-silent-share $(SILENT_SHARE) --cache-root $(CACHE) --manifest manifests/synthavs.parquet
@@ -102,8 +106,12 @@ train: setup ## stage 4: train on cached features (VARIANT=teso|audio_only|..., 
 eval: setup ## stage 5: metrics and report for the last training run (RUN=, PROTOCOL=, EVAL_ARGS=)
 	$(PY) -m train.evaluate --dataset $(DATASET) --cache-root $(CACHE) $(if $(RUN),--run $(RUN)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) $(EVAL_ARGS)
 
-preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen)
-	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) $(if $(PROTOCOL),--protocol $(PROTOCOL))
+# Processes of the preference test, one model each at a time (one torch thread each on 2 cores)
+PREFERENCE_JOBS ?= 2
+
+preference: setup ## the segmentation-preference test (mute / noise / ambient / off-screen; PREFERENCE_JOBS=)
+	$(PY) -m train.preference --dataset $(DATASET) --cache-root $(CACHE) --jobs $(PREFERENCE_JOBS) \
+	  $(if $(PROTOCOL),--protocol $(PROTOCOL))
 
 # Models the demo trains and compares (the preference test reads every runs/*/export). They train
 # side by side, DEMO_JOBS at a time: each training and its evaluation use one thread

@@ -153,10 +153,24 @@ def test_make_preference_outputs_and_table(world, tmp_path, capsys):
     assert "WGN 10 dB" in printed and "empty-pred" in printed
 
 
-def test_preference_missing_perturbed_cache_is_one_error(world, tmp_path, capsys):
+def test_preference_in_two_processes_scores_the_same(world, tmp_path, capsys):
+    root = world["root"]
+    tables = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert PR.main(["--runs-root", str(root / "runs"), "--reports", str(tmp_path / "rep"), "--out", str(out),
+                        "--jobs", str(jobs), "--no-progress"]) == 0
+        tables[jobs] = json.loads((out / "preference.json").read_text())
+    assert tables[2]["rows"] == tables[1]["rows"] and tables[2]["models"] == tables[1]["models"]
+    err = capsys.readouterr().err
+    assert "[preference] teso: 6 audio conditions in" in err and "[preference] audio_only:" in err
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_preference_missing_perturbed_cache_is_one_error(world, tmp_path, capsys, jobs):
     root = world["root"]
     rc = PR.main(["--runs-root", str(root / "runs"), "--out", str(tmp_path / "p"), "--conditions", "none,wgn20",
-                  "--no-progress"])
+                  "--jobs", jobs, "--no-progress"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wgn20" in err[0]

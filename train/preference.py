@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -159,13 +161,49 @@ def baseline_predictions(dm, manifest, usual: list[str], *, protocol: str, progr
 
 
 # ---------------------------------------------------------------- the whole test
+def model_rows(name: str, export_dir: Path, *, conditions: Sequence[str], dataset: str | None, cache_root: str | None,
+               manifest: str | None, split: str, protocol: str, batch_size: int | None,
+               progress: bool) -> tuple[list[dict[str, Any]], dict[str, str], str]:
+    """One model under every audio condition: its score rows, each condition's audio cache, the dataset."""
+    cfg = read_export_config(export_dir)
+    model = load_exported(export_dir)
+    rows: list[dict[str, Any]] = []
+    caches: dict[str, str] = {}
+    for cond in conditions:
+        dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
+                             batch_size=batch_size, audio_tag=cond)
+        try:
+            audio_dir = dm.cache_dir("audio")
+        except StageError as e:
+            raise EvalError(f"audio condition '{cond}' for model {name}: {e} "
+                            f"(the features stage writes the perturbed caches: `make features`)") from None
+        _, frames, clips = scored_split(dm, split)
+        pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{name} / {cond}")
+        rows += rows_of(name, cond, groups_of(pred, frames, clips, protocol), protocol)
+        caches[cond] = str(audio_dir)
+    return rows, caches, dm.dataset
+
+
+def _model_rows_in_worker(job: tuple[int, str, Path, dict[str, Any]]):
+    threads, name, export_dir, kwargs = job
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    return model_rows(name, export_dir, **kwargs), time.perf_counter() - start
+
+
 def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = None, dataset: str | None = None,
                    cache_root: str | None = None, manifest: str | None = None, split: str = "test",
                    protocol: str = M.DEFAULT_PROTOCOL, conditions: Sequence[str] = CONDITIONS,
                    out_dir: Path = REPORTS_ROOT / OUT_NAME, reports_root: Path = REPORTS_ROOT,
-                   batch_size: int | None = None, baseline: bool = True,
+                   batch_size: int | None = None, baseline: bool = True, jobs: int = 1,
                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Evaluate every model under every audio condition; write JSON, markdown and bar charts."""
+    """Evaluate every model under every audio condition; write JSON, markdown and bar charts.
+
+    ``jobs`` > 1 scores the models in that many processes, one model each at a time, the torch
+    threads split between them (``make preference`` passes 2 on the 2-core box: a prediction batch
+    is small, so two one-thread processes finish before one two-thread process). The numbers do
+    not depend on it.
+    """
     from train.negatives import fpr_markdown
     from train.pictures import preference_bars
     from train.report import CONDITION_LABELS, preference_md
@@ -176,28 +214,33 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
     models = find_models(runs_root, runs, dataset)
     if not models:
         raise EvalError(f"no exported model under {runs_root}/*/export; run `make train` first")
-    rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"split": split, "protocol": protocol, "conditions": list(conditions), "models": {}}
-    base_dm = base_manifest = None
-    for name, export_dir in models:
-        cfg = read_export_config(export_dir)
-        model = load_exported(export_dir)
-        for cond in conditions:
-            dm = make_datamodule(cfg, dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
-                                 batch_size=batch_size, audio_tag=cond)
-            try:
-                audio_dir = dm.cache_dir("audio")
-            except StageError as e:
-                raise EvalError(f"audio condition '{cond}' for model {name}: {e} "
-                                f"(the features stage writes the perturbed caches: `make features`)") from None
-            man, frames, clips = scored_split(dm, split)
-            pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{name} / {cond}")
-            rows += rows_of(name, cond, groups_of(pred, frames, clips, protocol), protocol)
-            meta["models"].setdefault(name, {"export": str(export_dir), "caches": {}})["caches"][cond] = str(audio_dir)
-            meta["dataset"] = dm.dataset
-            if base_dm is None:
-                base_dm, base_manifest, base_frames, base_clips = dm, man, frames, clips
-    if baseline and base_dm is not None:
+    kwargs = dict(conditions=list(conditions), dataset=dataset, cache_root=cache_root, manifest=manifest, split=split,
+                  protocol=protocol, batch_size=batch_size)
+    jobs = max(1, min(jobs, len(models)))
+    if jobs == 1:
+        scored = [model_rows(name, export_dir, progress=progress, **kwargs) for name, export_dir in models]
+    else:
+        # Each worker loads its own model (nothing torch has run here yet, so forking is safe on
+        # Linux); one progress line per model instead of interleaved bars.
+        threads = max(1, torch.get_num_threads() // jobs)
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        scored = []
+        with ctx.Pool(jobs) as pool:
+            todo = [(threads, name, export_dir, {**kwargs, "progress": False}) for name, export_dir in models]
+            for (name, _), (result, seconds) in zip(models, pool.imap(_model_rows_in_worker, todo)):
+                scored.append(result)
+                print(f"[preference] {name}: {len(conditions)} audio conditions in {seconds:.0f} s", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    for (name, export_dir), (its_rows, caches, ds) in zip(models, scored):
+        rows += its_rows
+        meta["models"][name] = {"export": str(export_dir), "caches": caches}
+        meta["dataset"] = ds
+    if baseline:
+        # Its frames: the first model's data under the normal audio (the baseline never reads it)
+        base_dm = make_datamodule(read_export_config(models[0][1]), dataset=dataset, cache_root=cache_root,
+                                  manifest=manifest, split=split, batch_size=batch_size, audio_tag=conditions[0])
+        base_manifest, base_frames, base_clips = scored_split(base_dm, split)
         usual = usual_sounders(base_manifest)
         bpred = baseline_predictions(base_dm, base_manifest, usual, protocol=protocol, progress=progress) if usual else None
         if bpred is not None:
@@ -273,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", default=str(REPORTS_ROOT), help="reports root; evaluated runs' report.md get the table")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="processes, one model each at a time (torch threads split)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -281,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                                      protocol=args.protocol, conditions=[c for c in args.conditions.split(",") if c],
                                      out_dir=Path(args.out or Path(args.reports) / OUT_NAME),
                                      reports_root=Path(args.reports), batch_size=args.batch_size,
-                                     baseline=not args.no_baseline, progress=not args.no_progress)
+                                     baseline=not args.no_baseline, jobs=args.jobs,
+                                     progress=not args.no_progress)
     except (EvalError, *EVAL_ERRORS) as e:
         if debug_enabled():  # --debug / TESO_DEBUG=1: the traceback instead
             raise
