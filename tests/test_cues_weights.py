@@ -153,3 +153,24 @@ def test_the_fingerprint_needs_no_torch_without_a_cuda_driver(tmp_path):
         assert dtype == ("bfloat16" if cpu_has_fast_bf16() else "float32")
     else:
         pytest.skip("an NVIDIA driver library is installed: torch decides (imported)")
+
+
+def test_convert_loads_the_model_only_until_its_copy_is_kept(fake_weights, monkeypatch, capsys):
+    """`make demo` converts the cue LLM beside `make data`; a kept copy makes `--convert` a no-op."""
+    from cues.backends import CONVERTED_MARK, converted_dir
+
+    loads = []
+
+    def fake_load(self):  # what load() leaves behind: the kept copy
+        loads.append(self.model_spec)
+        kept = converted_dir(self.resolve(), self.torch_dtype())
+        kept.mkdir(parents=True)
+        (kept / CONVERTED_MARK).touch()
+
+    monkeypatch.setattr(TransformersBackend, "load", fake_load)
+    assert weights.main(["fake-model", "--convert"]) == 0
+    assert loads == ["fake-model"] and "fake-model: converted to" in capsys.readouterr().err
+    assert weights.main(["fake-model", "--convert"]) == 0 and weights.main(["fake-model"]) == 0
+    assert loads == ["fake-model"]  # kept: not loaded again
+    kept = converted_dir(TransformersBackend(model="fake-model").resolve(), TransformersBackend().torch_dtype())
+    assert kept.name.startswith(fake_weights["spec"].sha256[:24])
