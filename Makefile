@@ -61,9 +61,10 @@ debian: ## install the Debian packages the demo data needs (root)
 	  else echo "missing Debian packages: $$missing (run: sudo apt-get install $$missing)"; exit 1; fi; fi
 
 # Side by side: the Python install and apt both wait mostly on disks and unpacking (~60 s and ~30 s on a
-# new machine); when both are done this is a no-op check.
+# new machine); when both are done this is a no-op check. Under a parallel make (make demo) the
+# jobserver already runs them side by side, and a -j2 of its own would only draw a warning.
 setup: ## venv + Python packages + Debian packages
-	@$(MAKE) --no-print-directory -j2 --output-sync=target venv debian
+	@$(MAKE) --no-print-directory $(if $(findstring jobserver,$(MAKEFLAGS)),,-j2) --output-sync=target venv debian
 
 data: setup ## build the SynthAVS demo dataset and its manifest (CLIPS=, SCENES=, SEED=, SILENT_SHARE=)
 	$(PY) -m pipeline.synthavs --clips $(CLIPS) --scene-pool $(SCENES) --seed $(SEED) --ms3-silent-share $(SILENT_SHARE) --cache-root $(CACHE) --manifest manifests/synthavs.parquet

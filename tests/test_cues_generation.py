@@ -106,3 +106,32 @@ def test_repetition_guard_stops_loops_only():
     assert g.looping([7, 1, 2, 1, 2, 1, 2])
     assert g.looping([9] * 5) and not g.looping([9] * 4)
     assert not g.looping([1, 2, 3, 4, 5, 6, 1, 2, 3])
+
+
+@pytest.mark.parametrize("rows,length,own", [(64, 1, 40), (5, 3, 12)])
+def test_prefix_attention_folds_rows_without_changing_a_number(rows, length, own):
+    """The shared prefix's products fold every row into one matrix; each score is the same dot
+    product as in the per-row form, so the output is identical, and it is attention over
+    [prefix; own keys] (sdpa with the kv heads expanded)."""
+    from cues.generation import _attend_with_prefix
+
+    torch.manual_seed(0)
+    heads, kv_heads, d, p = 14, 2, 64, 50
+    q, k, v = torch.randn(rows, heads, length, d), torch.randn(rows, kv_heads, own, d), torch.randn(rows, kv_heads, own, d)
+    pk, pv = torch.randn(1, kv_heads, p, d), torch.randn(1, kv_heads, p, d)
+    mask = torch.rand(rows, 1, length, own) > 0.3
+    mask[..., -1] = True
+    out = _attend_with_prefix(q, k, v, mask, pk, pv, None)
+    # per row and kv head (the broadcast form the decoder used before folding)
+    g = heads // kv_heads
+    qr = q.reshape(rows, kv_heads, g * length, d)
+    m = mask[:, :, None].expand(rows, 1, g, length, own).reshape(rows, 1, g * length, own)
+    scores = torch.cat([qr @ pk.transpose(-1, -2), (qr @ k.transpose(-1, -2)).masked_fill(~m, float("-inf"))], -1)
+    probs = torch.softmax(scores * d ** -0.5, dim=-1)
+    per_row = (probs[..., :p] @ pv + probs[..., p:] @ v).reshape(rows, heads, length, d).transpose(1, 2)
+    assert torch.equal(out, per_row)
+    full_mask = torch.cat([torch.ones(rows, 1, length, p, dtype=torch.bool), mask], -1)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([pk.expand(rows, -1, -1, -1), k], 2).repeat_interleave(g, 1),
+        torch.cat([pv.expand(rows, -1, -1, -1), v], 2).repeat_interleave(g, 1), attn_mask=full_mask)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
