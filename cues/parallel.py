@@ -59,6 +59,8 @@ def ask_in_processes(source: Any, captions: list[str], *, jobs: int, chunk: int,
     # start at once (one torch thread each, as PyTorch's DataLoader workers: no OpenMP region
     # runs in them). Elsewhere they are spawned and load their own copy first.
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    if ctx.get_start_method() == "fork":
+        source.warm()  # the grammar too: compiled once here with every thread, not once per process
     procs = [ctx.Process(target=_worker, args=(source, share, threads, chunk), daemon=True) for share in shares[1:]]
     for p in procs:
         p.start()

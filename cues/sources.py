@@ -160,6 +160,10 @@ class LLMCues:
         self.asked += len(todo)
         return answers
 
+    def warm(self) -> None:
+        """Load the model and compile the answer's grammar now (:mod:`cues.parallel` forks after it)."""
+        self.backend.warm(self.schema(self.template.fields))
+
     def missing(self, captions: list[str]) -> dict[str, str]:
         """``{memo key: caption}`` of the distinct captions whose answer the memo lacks."""
         todo: dict[str, str] = {}

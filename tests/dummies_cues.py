@@ -99,12 +99,17 @@ class FakeLLM(LLMBackend):
         self.calls: list[int] = []
         self.prompts: list[str] = []
         self.loaded = 0
+        self.warmed: list[dict | None] = []  # the schemas warm() was given (cues.parallel, before forking)
 
     def config(self) -> dict[str, Any]:
         return {"backend": "fake", "model": "fake-llm"}
 
     def load(self) -> None:
         self.loaded += 1
+
+    def warm(self, schema=None) -> None:
+        self.warmed.append(schema)
+        super().warm(schema)
 
     def chat(self, conversations, schema=None, on_answer=None) -> list[str]:
         self.calls.append(len(conversations))

@@ -46,6 +46,25 @@ def test_batched_equals_one_at_a_time_and_parses(smollm2):
     assert "SmolLM2-135M-Instruct" in cfg["model"] and cfg["max_new_tokens"] == 12
 
 
+def test_warm_compiles_the_grammar_once_before_any_chat(smollm2, monkeypatch):
+    import xgrammar as xgr
+
+    t = load_template("direct-v1")
+    schema = answer_schema(t.fields, CATS[:3])  # a schema no other test compiles
+    compiled, original = [], xgr.GrammarCompiler.compile_json_schema
+
+    def counting(self, *args, **kwargs):
+        compiled.append(args[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", counting)
+    smollm2.warm(schema)
+    assert len(compiled) == 1
+    smollm2.batch_size = 4
+    smollm2.chat([t.messages(CAPTIONS[0], CATS[:3])], schema)
+    assert len(compiled) == 1  # the chat used the warm grammar
+
+
 def test_unknown_backend_and_vllm_without_vllm(tmp_path):
     with pytest.raises(ValueError, match="unknown LLM backend"):
         make_llm_backend("llamacpp")

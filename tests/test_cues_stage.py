@@ -124,6 +124,8 @@ def test_ask_jobs_split_the_captions_between_processes(world, monkeypatch, capsy
     keep = ["uid", "frame_idx", "raw_output", "repair_output", "parse_status"]
     assert rows[keep].equals(alone[keep]) and rows["cues"].map(list).equals(alone["cues"].map(list))
     assert read_card(res.out_dir)["memo"]["this_run"]["asked_llm"] == 4  # both processes' questions
+    # loaded and its answer grammar compiled once, before the fork (the worker inherits both)
+    assert fake.warmed == [src.schema(src.template.fields)] and fake.warmed[0] is not None
     if answer is _answer_by_scene:  # this process asked its share only, the worker the other
         assert len(_asked_captions(fake)) == 2
         assert "asked 4 distinct captions ahead in 2 processes" in capsys.readouterr().err
