@@ -41,8 +41,9 @@ def _attend_with_prefix(query, key, value, mask, prefix_k, prefix_v, scale: floa
     keys are expanded or copied. The prefix is the same for every row, so its two products fold
     the rows into the matrix too: one ``[B * g * L, d] x [d, P]`` product per kv head instead of
     B x kv_heads products of ``g * L`` (= 7 for one new token) rows each, which used a core poorly
-    (the function was 19 % of a ``cot-v3`` decode; each output element is the same dot product in
-    the same order, so the numbers do not change: tests compare with the unfolded form).
+    (16 -> 5 ms per layer and step at 64 rows, ~7-11 % of a ``cot-v3`` decode). Each output element
+    is the same dot product in the same order, so the numbers do not change (tests compare with the
+    per-row form).
     """
     b, h, length, d = query.shape
     hkv, s = key.shape[1], key.shape[2]

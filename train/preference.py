@@ -221,8 +221,8 @@ def run_preference(*, runs_root: Path = RUNS_ROOT, runs: Sequence[str] | None = 
     if jobs == 1:
         scored = [model_rows(name, export_dir, progress=progress, **kwargs) for name, export_dir in models]
     else:
-        # Each worker loads its own model (nothing torch has run here yet, so forking is safe on
-        # Linux); one progress line per model instead of interleaved bars.
+        # Each worker loads its own model. The CLI runs no torch op before this, so a forked worker
+        # inherits no OpenMP pool. One line per model instead of interleaved progress bars.
         threads = max(1, torch.get_num_threads() // jobs)
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         scored = []
