@@ -154,3 +154,13 @@ def test_delta_m_goal_says_when_a_listening_baseline_caps_the_ratio():
     assert listening["met"] is False and "at most 100 / 93.7 = 1.07" in listening["numbers"]
     deaf = next(g for g in goals(summarise(rows(20.0)), 10.0) if g["goal"].startswith("mute Δm"))
     assert deaf["met"] is True and "out of reach" not in deaf["numbers"]
+
+
+def test_study_header_names_the_cue_sets_the_runs_read():
+    from train.study_report import _cue_sets_phrase
+
+    assert _cue_sets_phrase({"variants": ["teso", "audio_only"]}) == "cue set of the data config (`cot` by default)"
+    assert _cue_sets_phrase({"variants": ["teso"], "cues": "vocab"}) == "cue set `vocab`"
+    assert _cue_sets_phrase({"variants": ["teso:vocab"]}) == "each variant's cue set after its ':'"
+    mixed = _cue_sets_phrase({"variants": ["teso", "teso:active"], "cues": "config"})
+    assert mixed.startswith("cue set of the data config") and "after ':'" in mixed

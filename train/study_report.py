@@ -91,13 +91,22 @@ def _fmt(m: float, s: float) -> str:
     return "–" if not np.isfinite(m) else f"{m:.1f} ± {s:.1f}"
 
 
+def _cue_sets_phrase(meta: dict[str, Any]) -> str:
+    """Which cue sets the runs read: a ``NAME:SET`` variant reads SET, the others ``--cues`` or the data config's."""
+    default = f"`{meta['cues']}`" if meta.get("cues", "config") != "config" else "of the data config (`cot` by default)"
+    own = [v for v in meta["variants"] if ":" in v]
+    if not own:
+        return f"cue set {default}"
+    if len(own) == len(meta["variants"]):
+        return "each variant's cue set after its ':'"
+    return f"cue set {default}, except the variants that name theirs after ':'"
+
+
 def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, Any]) -> str:
     wall = meta["wall_seconds"] / 60
     lines = ["# Multi-seed study", "",
              f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
-             f"{meta['jobs']} jobs side by side, cue set "
-             + (f"`{meta['cues']}`" if meta.get("cues", "config") != "config" else "of the data config (`cot` by default)")
-             + f"; wall time {wall:.1f} min"
+             f"{meta['jobs']} jobs side by side, " + _cue_sets_phrase(meta) + f"; wall time {wall:.1f} min"
              + (f" (15-min load average at the end: {meta['load_average_15min']})" if "load_average_15min" in meta else "")
              + ". "
              + ("Validation split (for choosing settings). " if meta.get("split") == "val" else
