@@ -174,3 +174,24 @@ def test_convert_loads_the_model_only_until_its_copy_is_kept(fake_weights, monke
     assert loads == ["fake-model"]  # kept: not loaded again
     kept = converted_dir(TransformersBackend(model="fake-model").resolve(), TransformersBackend().torch_dtype())
     assert kept.name.startswith(fake_weights["spec"].sha256[:24])
+
+
+def test_no_package_is_missing_once_the_joined_file_is_kept(fake_weights):
+    import importlib
+    import shutil
+
+    spec, site = fake_weights["spec"], fake_weights["site"]
+    shutil.rmtree(site / "fakew_part2")  # one package uninstalled before any join
+    importlib.invalidate_caches()
+    assert weights.missing_packages(spec) == ["fakew-part2==1.0"]
+    (site / "fakew_part2" / "data").mkdir(parents=True)
+    (site / "fakew_part2" / "__init__.py").write_text("")
+    (site / "fakew_part2" / "data" / "part02.bin").write_bytes(PARTS[1])
+    importlib.invalidate_caches()
+    out = joined_file(spec)
+    for i in range(1, len(PARTS) + 1):  # every package uninstalled after the join
+        shutil.rmtree(site / f"fakew_part{i}")
+    importlib.invalidate_caches()
+    assert weights.missing_packages(spec) == []  # the kept file is enough: nothing to download
+    out.write_bytes(b"x" + fake_weights["joined"][1:])  # the kept file damaged: its packages are needed again
+    assert weights.missing_packages(spec) == [f"fakew-part{i}==1.0" for i in range(1, len(PARTS) + 1)]
