@@ -157,8 +157,9 @@ class SeDAM(nn.Module):
     so the audio reaches the decoder only through what the cues picked out of it (the paper's
     "the cues query the audio"). A frame without cues gets the "no cue" token in their place: it is
     a learned query that still attends to the audio and is gated like a cue, so a cue-less frame is
-    neither blind nor silently given a different path; on frames with a cue it is masked out. The
-    ``audio_query=True`` ablation adds the former always-valid audio query token (gate 1), an audio
+    neither blind nor silently given a different path; on frames with a cue it is masked out, unless
+    ``no_cue_always=True`` (an ablation: the token also stands beside the cues, gated like them, a
+    slot for a sound that no cue names). The ``audio_query=True`` ablation adds the former always-valid audio query token (gate 1), an audio
     path around the cues; it is off by default.
 
     Dynamic mask (``dynamic_mask=True``), this project's design since the paper does not publish one:
@@ -200,10 +201,12 @@ class SeDAM(nn.Module):
         cue_self_attention: bool = True,
         gate_init_scale: float = 5.0,
         audio_query: bool = False,
+        no_cue_always: bool = False,
         learned_queries: int = 0,
     ) -> None:
         super().__init__()
         self.dynamic_mask = dynamic_mask
+        self.no_cue_always = no_cue_always
         self.learned_queries = learned_queries
         if learned_queries > 0:  # audio_only: no text projection, K learned query embeddings instead
             self.queries = nn.Parameter(torch.randn(learned_queries, dim) * 0.02)
@@ -256,6 +259,8 @@ class SeDAM(nn.Module):
         # which cue slots take part: the real cues under the dynamic mask, every slot without it
         cue_valid = cue_mask if self.dynamic_mask else torch.ones_like(cue_mask)
         no_cue = ~cue_valid.any(1, keepdim=True)  # (N, 1): the "no cue" token stands in
+        if self.no_cue_always:  # ablation: beside the cues too, for a sound none of them names
+            no_cue = torch.ones_like(no_cue)
         x = torch.cat([cues, self.no_cue.expand(n, 1, -1)], dim=1)  # (N, K+1, D)
         valid = torch.cat([cue_valid, no_cue], dim=1)
         kinds = [TOKEN_CUE] * k + [TOKEN_NO_CUE]

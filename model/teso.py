@@ -76,6 +76,8 @@ class TeSO(nn.Module):
         dynamic_mask: SeDAM's padding masks + relevance gate (``sedam``/``audio_only``).
         audio_query: ablation: SeDAM also passes an always-valid audio query token to PMQS (an audio
             path around the cues; off by default, see ``model/sedam.py``).
+        no_cue_always: ablation: SeDAM's "no cue" token is valid on every frame, beside the cues and
+            gated like them (a slot for a sound no cue names); by default only on cue-less frames.
         learned_queries: K of the ``audio_only`` baseline (the paper's 4 cue slots per frame).
         sedam_dim / sedam_layers / sedam_heads / sedam_ffn_dim: SeDAM width, N layers, heads, FFN.
         cue_self_attention: SeDAM layers also self-attend among the frame's cues.
@@ -104,6 +106,7 @@ class TeSO(nn.Module):
         prompt_mode: PromptMode = "sedam",
         dynamic_mask: bool = True,
         audio_query: bool = False,
+        no_cue_always: bool = False,
         learned_queries: int = 4,
         sedam_dim: int = 256,
         sedam_layers: int = 2,
@@ -139,7 +142,7 @@ class TeSO(nn.Module):
             self.sedam = SeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,
                                num_layers=sedam_layers, num_heads=sedam_heads, ffn_dim=sedam_ffn_dim, dropout=dropout,
                                max_seconds=max_seconds, dynamic_mask=dynamic_mask, cue_self_attention=cue_self_attention,
-                               audio_query=audio_query,
+                               audio_query=audio_query, no_cue_always=no_cue_always,
                                learned_queries=learned_queries if prompt_mode == "audio_only" else 0)
         elif prompt_mode == "official":
             self.sedam = OfficialSeDAM(text_dim=text_dim, audio_dim=audio_dim, dim=sedam_dim, out_dim=hidden_dim,

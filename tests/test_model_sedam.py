@@ -123,6 +123,23 @@ def test_zero_cue_frame_listens_through_the_no_cue_token():
     assert not torch.allclose(out.prompts[0, K], ref.prompts[0, K])  # it hears the audio
 
 
+def test_no_cue_always_puts_the_gated_token_beside_the_cues():
+    """Ablation ``no_cue_always``: the "no cue" token is valid on frames with cues too, gated, hearing the audio."""
+    x = inputs()
+    cued = x["cue_mask"].any(1)
+    assert cued.any()
+    assert not _run(_sedam(), x).prompt_mask[cued, K].any()  # default: only on cue-less frames
+    m = _sedam(no_cue_always=True)
+    ref = _run(m, x)
+    assert ref.prompt_mask[:, K].all()
+    assert ((ref.prompt_gate[cued, K] > 0) & (ref.prompt_gate[cued, K] < 1)).all()  # gated like a cue
+    i = int(cued.nonzero()[0])
+    audio = x["audio"].clone()
+    audio[i // T] += 1.0
+    assert not torch.allclose(_run(m, x, audio=audio).prompts[i, K], ref.prompts[i, K])
+    torch.testing.assert_close(ref.prompt_mask[:, :K], _run(_sedam(), x).prompt_mask[:, :K])  # the cues unchanged
+
+
 @pytest.mark.parametrize("dynamic_mask", [True, False])
 def test_all_padded_batch_is_finite(dynamic_mask):
     x = inputs()
