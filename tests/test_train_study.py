@@ -164,3 +164,23 @@ def test_study_header_names_the_cue_sets_the_runs_read():
     assert _cue_sets_phrase({"variants": ["teso:vocab"]}) == "each variant's cue set after its ':'"
     mixed = _cue_sets_phrase({"variants": ["teso", "teso:active"], "cues": "config"})
     assert mixed.startswith("cue set of the data config") and "after ':'" in mixed
+
+
+def test_other_text_variants_get_the_goals_against_the_same_baseline(tmp_path):
+    from train.study_report import write_study
+
+    def run(variant, seed, cb):
+        rows = [{"variant": variant, "control": "none", "seed": seed, "slice": sl, "miou_normal": m,
+                 "miou_mute": 0.0, "delta_m_mute": 100.0, "fscore_normal": 60.0, "empty_rate_mute": 100.0,
+                 "fpr_offscreen": 20.0} for sl, m in (("all", 50.0), ("counter_bias", cb))]
+        return {"rows": rows, "parameters": 1}
+    results = [run("teso:vocab", s, cb) for s, cb in ((0, 40.0), (1, 42.0))] + \
+              [run("audio_only", s, cb) for s, cb in ((0, 30.0), (1, 31.0))]
+    data = write_study(results, tmp_path, {"wall_seconds": 60.0, "variants": ["teso:vocab", "audio_only"],
+                                           "seeds": 2, "jobs": 2})
+    assert all(g["met"] is None for g in data["meta"]["goals"][:1])  # no plain `teso` in this study
+    cb_goal = data["meta"]["goals_other"]["teso:vocab"][0]
+    assert cb_goal["met"] is True and "difference +10.50" in cb_goal["numbers"]
+    assert "audio_only" not in data["meta"]["goals_other"]
+    md = (tmp_path / "study.md").read_text()
+    assert "### The same goals for `teso:vocab` in place of `teso`" in md and "difference +10.50" in md
