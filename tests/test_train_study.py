@@ -181,6 +181,19 @@ def test_other_text_variants_get_the_goals_against_the_same_baseline(tmp_path):
     assert all(g["met"] is None for g in data["meta"]["goals"][:1])  # no plain `teso` in this study
     cb_goal = data["meta"]["goals_other"]["teso:vocab"][0]
     assert cb_goal["met"] is True and "difference +10.50" in cb_goal["numbers"]
+    assert "paired by seed +10.50 ± 0.71, positive on 2 of 2 seeds" in cb_goal["numbers"]  # +10 and +11
     assert "audio_only" not in data["meta"]["goals_other"]
     md = (tmp_path / "study.md").read_text()
     assert "### The same goals for `teso:vocab` in place of `teso`" in md and "difference +10.50" in md
+
+
+def test_paired_difference_uses_the_seeds_both_variants_ran():
+    from train.study_report import paired_difference
+
+    rows = pd.DataFrame([{"variant": v, "control": c, "seed": s, "slice": "counter_bias", "miou_normal": m}
+                         for v, c, s, m in [("teso", "none", 0, 30.0), ("teso", "none", 1, 20.0), ("teso", "none", 2, 50.0),
+                                            ("audio_only", "none", 0, 25.0), ("audio_only", "none", 1, 24.0),
+                                            ("teso", "shuffled", 0, 0.0)]])
+    mean, std, positive, n = paired_difference(rows, "teso", "audio_only", "counter_bias", "miou_normal")
+    assert (n, positive) == (2, 1) and mean == pytest.approx(0.5) and std == pytest.approx(np.std([5.0, -4.0], ddof=1))
+    assert paired_difference(rows, "teso", "nobody", "counter_bias", "miou_normal") is None

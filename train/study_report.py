@@ -3,7 +3,9 @@ one row per seed, the issue's goals marked met/unmet with numbers) and ``study.p
 
 Means and standard deviations are over seeds (sample std, ddof 1; 0 with one seed). The goals
 (issue 13) read the ``none`` control unless they name another; "pooled std" of two variants is
-``sqrt((s1² + s2²) / 2)``.
+``sqrt((s1² + s2²) / 2)``. Both variants of a seed see the same data order and negatives
+(``--data.seed``), so the counter-bias goal also gives the paired view: the per-seed difference's
+mean ± std and on how many seeds it is positive (information beside the goal, which stays as written).
 """
 from __future__ import annotations
 
@@ -49,8 +51,22 @@ def _get(summary: pd.DataFrame, variant: str, slice_: str, metric: str, control:
     return None if r.empty else (float(r[metric].iloc[0]), float(r[f"{metric}_std"].iloc[0]))
 
 
-def goals(summary: pd.DataFrame, wall_min: float, teso: str = "teso", base: str = "audio_only") -> list[dict[str, Any]]:
-    """Each goal of issue 13: text, met (True/False/None = not measured), the numbers."""
+def paired_difference(rows: pd.DataFrame, a: str, b: str, slice_: str, metric: str) -> tuple[float, float, int, int] | None:
+    """``a - b`` over the seeds both ran (``none`` control): mean, std, positive seeds, seeds; None if no seed."""
+    sel = rows[(rows.control == "none") & (rows["slice"] == slice_)]
+    per = sel.pivot_table(index="seed", columns="variant", values=metric)
+    if a not in per or b not in per:
+        return None
+    d = (per[a] - per[b]).dropna()
+    if d.empty:
+        return None
+    return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, int((d > 0).sum()), len(d)
+
+
+def goals(summary: pd.DataFrame, wall_min: float, teso: str = "teso", base: str = "audio_only",
+          rows: pd.DataFrame | None = None) -> list[dict[str, Any]]:
+    """Each goal of issue 13: text, met (True/False/None = not measured), the numbers (``rows``: the
+    per-seed rows, for the paired view of the counter-bias goal)."""
     out = []
 
     def add(text: str, met: bool | None, numbers: str) -> None:
@@ -59,9 +75,12 @@ def goals(summary: pd.DataFrame, wall_min: float, teso: str = "teso", base: str 
     t, b = _get(summary, teso, "counter_bias", "miou_normal"), _get(summary, base, "counter_bias", "miou_normal")
     if t and b:
         diff, pooled = t[0] - b[0], math.sqrt((t[1] ** 2 + b[1] ** 2) / 2)
+        paired = paired_difference(rows, teso, base, "counter_bias", "miou_normal") if rows is not None else None
         add("teso beats audio_only on counter-bias mIoU by >= 5 points and by > 2x the pooled std",
             diff >= 5 and diff > 2 * pooled, f"{t[0]:.2f} ± {t[1]:.2f} vs {b[0]:.2f} ± {b[1]:.2f}: "
-            f"difference {diff:+.2f}, pooled std {pooled:.2f}")
+            f"difference {diff:+.2f}, pooled std {pooled:.2f}"
+            + (f"; paired by seed {paired[0]:+.2f} ± {paired[1]:.2f}, positive on {paired[2]} of {paired[3]} seeds"
+               if paired else ""))
     else:
         add("teso beats audio_only on counter-bias mIoU by >= 5 points and > 2x the pooled std", None, "not measured")
     t, b = _get(summary, teso, "all", "delta_m_mute"), _get(summary, base, "all", "delta_m_mute")
@@ -210,10 +229,10 @@ def write_study(results: list[dict[str, Any]], out_dir: Path, meta: dict[str, An
             "train_seconds": [res.get("train_seconds") for res in results],
             "probes": [{"variant": res["rows"][0]["variant"], "seed": res["rows"][0]["seed"], **(res.get(PROBE) or {})}
                        for res in results if res["rows"]]}
-    meta["goals"] = goals(summary, meta["wall_seconds"] / 60) if len(rows) else []
+    meta["goals"] = goals(summary, meta["wall_seconds"] / 60, rows=rows) if len(rows) else []
     # the other text variants (teso:active, teso:vocab, ...) against the same baseline
     others = [v for v in dict.fromkeys(rows["variant"]) if v.startswith("teso:")] if len(rows) else []
-    meta["goals_other"] = {v: [g for g in goals(summary, meta["wall_seconds"] / 60, teso=v)
+    meta["goals_other"] = {v: [g for g in goals(summary, meta["wall_seconds"] / 60, teso=v, rows=rows)
                                if not g["goal"].startswith("make study")] for v in others}  # the study's, not theirs
     data = {"rows": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                      for r in rows.to_dict(orient="records")], "meta": meta}
