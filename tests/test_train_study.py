@@ -183,6 +183,8 @@ def test_other_text_variants_get_the_goals_against_the_same_baseline(tmp_path):
     assert cb_goal["met"] is True and "difference +10.50" in cb_goal["numbers"]
     assert "paired by seed +10.50 ± 0.71, positive on 2 of 2 seeds" in cb_goal["numbers"]  # +10 and +11
     assert "audio_only" not in data["meta"]["goals_other"]
+    assert not any(g["goal"].startswith("make study") for g in data["meta"]["goals_other"]["teso:vocab"])
+    assert data["meta"]["goals"][-1]["goal"].startswith("make study")  # the study's own time goal, once
     md = (tmp_path / "study.md").read_text()
     assert "### The same goals for `teso:vocab` in place of `teso`" in md and "difference +10.50" in md
 
