@@ -33,6 +33,11 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     spec = TinySpec(clips={"train": 4, "val": 2, "test": 4})
     manifest = write_tiny_dataset(tmp_path, spec=spec)
     _negative_caches(tmp_path, manifest)
+    # the cue rows of the `cot` set: even clips (bias_consistent) cue their guitar, odd ones (counter_bias) miss it
+    cue_rows = read_manifest(manifest).frames[["uid", "frame_idx"]].reset_index(drop=True)
+    cue_rows["cues"] = [["guitar"] if int(u[-3:]) % 2 == 0 else ["piano"] for u in cue_rows.uid]
+    cue_rows["failure"] = ""
+    write_cache(tmp_path / "cache", "tiny", "cues", cue_rows, {}, tag="cot", card={"cue_set": "cot"})
     cfg = tiny_config(tmp_path, manifest, spec=spec, max_epochs=1)
     configs = [str(CONFIGS / "trainer/cpu.yaml"), str(CONFIGS / "model/{model}.yaml"), str(cfg)]
     out = tmp_path / "reports" / "study"
@@ -60,6 +65,21 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     # the seed reaches the training: other seed, other weights
     weights = [(tmp_path / "runs" / f"teso-s{s}" / "export" / "model.safetensors").read_bytes() for s in (0, 1)]
     assert weights[0] != weights[1]
+    # where the cues miss: teso's counter-bias frames are all missed, its bias-consistent ones all cued;
+    # the per-frame IoUs give back the study's own slice mIoUs (same frames, same clip-then-frame mean)
+    cov = pd.DataFrame(data["meta"]["coverage"])
+    assert set(cov.variant) == {"teso"} and set(cov.cue_set) == {"cot"} and not data["meta"]["coverage_notes"]
+    part = cov.set_index(["seed", "slice", "part"])
+    none = rows[rows.control == "none"].set_index(["variant", "seed", "slice"])
+    for s in (0, 1):
+        assert part.loc[(s, "counter_bias", "cued"), "frames"] == 0 and part.loc[(s, "counter_bias", "missed"), "share"] == 100
+        assert part.loc[(s, "bias_consistent", "missed"), "frames"] == 0
+        assert part.loc[(s, "counter_bias", "missed"), "miou"] == pytest.approx(none.loc[("teso", s, "counter_bias"), "miou_normal"])
+        assert part.loc[(s, "counter_bias", "missed"), "miou_baseline"] == pytest.approx(
+            none.loc[("audio_only", s, "counter_bias"), "miou_normal"])
+        assert part.loc[(s, "bias_consistent", "cued"), "miou"] == pytest.approx(
+            none.loc[("teso", s, "bias_consistent"), "miou_normal"])
+    assert "## Where the cues miss" in md and "| teso (`cot`) | counter_bias | missed | 100 |" in md
     # a rerun with unchanged inputs reuses every finished job
     stamp = (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns
     run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",

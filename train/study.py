@@ -118,6 +118,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
             split: str = "test") -> Path:
     """Train (unless reusable) and evaluate one (variant, seed) on ``split``; returns its ``rows.json``."""
     from train.cli import main as fit_main
+    from train.study_coverage import FRAME_IOU
     from train.study_eval import evaluate_run, onscreen_probe, parameter_count
 
     args = fit_args(variant, seed, configs=configs, runs_dir=runs_dir, cache_root=cache_root, train_args=train_args,
@@ -127,7 +128,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     stamp_file = run / STAMP
     same = stamp_file.exists() and json.loads(stamp_file.read_text())["stamp"] == stamp
     done = json.loads((run / ROWS).read_text()) if same and (run / ROWS).exists() else None
-    if done is not None and done.get("split", "test") == split:
+    if done is not None and done.get("split", "test") == split and FRAME_IOU in done:
         if PROBE not in done:  # scored before the probe was part of the study
             done[PROBE] = onscreen_probe(run / "export", cache_root=cache_root)
             (run / ROWS).write_text(json.dumps(done, default=float))
@@ -143,9 +144,10 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     else:
         fit_main(args)
         train_s = time.perf_counter() - t0
-    rows = evaluate_run(run / "export", variant=variant, seed=seed, controls=controls_for(variant, controls),
-                        cache_root=cache_root, split=split)
-    (run / ROWS).write_text(json.dumps({"rows": rows, "split": split, "train_seconds": train_s,
+    scores = evaluate_run(run / "export", variant=variant, seed=seed, controls=controls_for(variant, controls),
+                          cache_root=cache_root, split=split)
+    (run / ROWS).write_text(json.dumps({"rows": scores.rows, FRAME_IOU: scores.frame_iou, "data": scores.data,
+                                        "split": split, "train_seconds": train_s,
                                         "eval_seconds": time.perf_counter() - t0 - (0 if rescore else train_s),
                                         "parameters": parameter_count(run / "export"),
                                         PROBE: onscreen_probe(run / "export", cache_root=cache_root)}, default=float))
@@ -201,6 +203,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
               cues: str | None = None, progress: bool = True, split: str = "test") -> dict[str, Any]:
     """Run every (variant, seed) job, ``jobs`` at a time, and write the study report of ``split`` (``val``
     to choose settings, ``test`` for the final scoring); returns its JSON."""
+    from train.study_coverage import coverage_for
     from train.study_report import write_study
 
     if not variants or seeds < 1:
@@ -234,6 +237,8 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
             "runs_dir": str(runs_dir), "split": split,
             "load_average_15min": round(os.getloadavg()[2], 1)}  # how busy the machine was, for the wall time
+    meta["coverage"], meta["coverage_notes"] = coverage_for(
+        results, text_variants=[v for v in variants if parse_variant(v)[0] not in NO_CUES])
     return write_study(results, Path(out_dir), meta)
 
 

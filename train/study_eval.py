@@ -8,6 +8,7 @@ off-screen sound (share of frames with any predicted foreground; its ground trut
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,17 @@ ROW_KEYS = ("variant", "control", "seed", "slice", "miou_normal", "miou_mute", "
 STUDY_CONDITIONS = ("none", "mute", "offscreen")  # audio cache tags the study reads
 
 
+@dataclass
+class RunScores:
+    """What :func:`evaluate_run` gives: the study rows, the per-frame IoU (%) of the normal audio under
+    the ``none`` control (``{"uid", "frame_idx", "iou"}`` lists, for :mod:`train.study_coverage`), and
+    where the run's data came from (``dataset``, ``cache_root``, ``manifest``, ``cues_tag``)."""
+
+    rows: list[dict[str, Any]]
+    frame_iou: dict[str, list] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+
+
 def parameter_count(export_dir: str | Path) -> int:
     """Trainable size of an exported network (for the report: variants of equal size?)."""
     return int(sum(p.numel() for p in load_exported(export_dir).parameters()))
@@ -32,11 +44,12 @@ def parameter_count(export_dir: str | Path) -> int:
 
 def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: Sequence[str], split: str = "test",
                  protocol: str = M.DEFAULT_PROTOCOL, cache_root: str | Path | None = None,
-                 progress: bool = False) -> list[dict[str, Any]]:
-    """The study rows of one exported model (one per control and slice)."""
+                 progress: bool = False) -> RunScores:
+    """The study rows of one exported model (one per control and slice) and its per-frame IoUs."""
     cfg = read_export_config(export_dir)
     model = load_exported(export_dir)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
+    frame_iou: dict[str, list] = {}
     for cond in STUDY_CONDITIONS:
         dm = make_datamodule(cfg, cache_root=cache_root, split=split, audio_tag=cond)
         _, frames, clips = scored_split(dm, split)
@@ -45,6 +58,9 @@ def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: S
             pred = predict_clips(model, dm, protocols=[protocol], progress=progress, desc=f"{variant}/{control}/{cond}",
                                  batch_transform=CueControl(control, ds, seed=seed))
             groups[(control, cond)] = groups_of(pred, frames, clips, protocol)
+            if (control, cond) == ("none", "none"):
+                frame_iou = {"uid": [u for u, _ in pred.frames], "frame_idx": [f for _, f in pred.frames],
+                             "iou": (100 * M.frame_iou(pred.stats[protocol])).tolist()}
     rows = []
     for control in controls:
         normal, mute, off = (groups[(control, c)] for c in STUDY_CONDITIONS)
@@ -54,7 +70,9 @@ def evaluate_run(export_dir: str | Path, *, variant: str, seed: int, controls: S
                          "miou_normal": 100 * n["miou"], "miou_mute": 100 * m["miou"],
                          "delta_m_mute": M.preference_delta(n["miou"], m["miou"]), "fscore_normal": 100 * n["fscore"],
                          "empty_rate_mute": 100 * m["empty_rate"], "fpr_offscreen": 100 * (1 - o["empty_rate"])})
-    return rows
+    return RunScores(rows=rows, frame_iou=frame_iou,
+                     data={"dataset": dm.dataset, "cache_root": str(dm.cache_root), "manifest": str(dm.manifest_path),
+                           "cues_tag": dm.cues_tag})
 
 
 def onscreen_probe(export_dir: str | Path, *, cache_root: str | Path | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from train.study import PROBE
+from train.study_coverage import coverage_markdown
 from train.study_eval import ROW_KEYS
 
 METRICS = ROW_KEYS[4:]
@@ -163,6 +164,7 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
             return "–" if not np.isfinite(x) else f"{x:.1f}"
         lines.append(f"| {v} | {c} | {s} | {val('all', 'miou_normal')} | {val('counter_bias', 'miou_normal')} | "
                      f"{val('all', 'delta_m_mute')} | {val('null', 'empty_rate_mute')} | {val('all', 'fpr_offscreen')} |")
+    lines += coverage_markdown(meta.get("coverage", []), meta.get("coverage_notes", []))
     lines += probe_markdown(meta.get("probes", []))
     lines += ["", "Rows: `study.json` (one per run, control and slice; recompute any mean from it; `meta.probes`: "
               "the probe of each run). Chart: `study.png`.", ""]
