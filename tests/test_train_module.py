@@ -131,6 +131,31 @@ def test_negative_audio_clips_are_no_infonce_positives(batch):
     assert module.compute_losses(module(swapped), swapped)["infonce"].item() == 0
 
 
+def test_train_uncued_false_drops_the_mask_loss_of_frames_whose_sounding_object_is_not_cued(batch):
+    """``train_uncued: false``: a frame whose sounding object no cue names counts as a frame without
+    ground truth in the mask losses (training only); a negative-audio clip keeps its empty target."""
+    n, t = batch.masks.shape[0], batch.clip_len
+    cued = torch.ones(n, 1, dtype=torch.bool)
+    cued[:t] = False  # clip 0's frames miss their sounding "guitar"
+    b = dataclasses.replace(batch, frame_labels=torch.ones(n, 1, dtype=torch.bool), cue_labels=cued)
+    module = make_module(train_uncued=False)
+    assert module.uncued_frames(b).tolist() == [True] * t + [False] * (n - t)
+    out = module(b)
+    skipped = module.compute_losses(out, b, skip_uncued=True)
+    by_hand = module.compute_losses(out, dataclasses.replace(b, mask_valid=b.mask_valid & ~module.uncued_frames(b)))
+    for k in ("bce", "dice", "null"):
+        torch.testing.assert_close(skipped[k], by_hand[k])
+    assert not torch.allclose(skipped["bce"], module.compute_losses(out, b)["bce"])  # the frames counted before
+    torch.testing.assert_close(skipped["infonce"], module.compute_losses(out, b)["infonce"])  # InfoNCE sees them all
+    negative = dataclasses.replace(b, negative=torch.tensor([True] + [False] * (b.num_clips - 1)))
+    assert not module.uncued_frames(negative).any()
+    # the training step skips them, validation does not; data without labels is refused by name
+    assert module._shared_step(b, "train").item() == pytest.approx(
+        sum(module.weights[k] * v for k, v in module.compute_losses(module(b), b, skip_uncued=True).items()).item())
+    with pytest.raises(ValueError, match="train_uncued"):
+        module.uncued_frames(dataclasses.replace(b, cue_labels=None))
+
+
 def test_null_loss_only_on_silent_frames(batch):
     module = make_module()
     assert module.compute_losses(module(batch), batch)["null"].item() == 0  # no silent frame in this batch

@@ -77,6 +77,14 @@ class TeSOModule(pl.LightningModule):
             seconds of audio. None = every frame (the paper). The decoder is the per-frame cost, so
             k < T makes a step about T/k times cheaper; neighbouring frames of a clip are near
             duplicates. Validation and test always decode every frame.
+        train_uncued: mask losses (BCE, dice, aux, no-object, class) on the training frames where a
+            sounding object is not among the frame's cues (``batch.frame_labels`` not covered by
+            ``batch.cue_labels``). False: those frames get none (InfoNCE still sees them; negative-audio
+            clips, whose targets are empty, keep theirs). In the default TeSO the audio of an uncued
+            object has no path to the decoder, so such a frame can be learned only from what usually
+            sounds, the shortcut the cues are there to remove; a cue LLM that misses sounding objects
+            (the demo's 0.5B: a third of the frames) teaches it. True (default) = the paper. Needs
+            labels and cue categories (SynthAVS, AVSBench with its label column).
         pretrained_decoder: a ``Mask2FormerForUniversalSegmentation`` checkpoint (hub id or local
             directory; the paper's ``facebook/mask2former-swin-base-ade-semantic``) whose pixel and
             transformer decoder weights are loaded into ``net`` when fitting starts, frozen except the
@@ -100,6 +108,7 @@ class TeSOModule(pl.LightningModule):
         metric_protocol: str = "avsbench",
         trainable: list[str] | None = None,
         train_frames: int | None = None,
+        train_uncued: bool = True,
         pretrained_decoder: str | None = None,
     ) -> None:
         super().__init__()
@@ -162,14 +171,30 @@ class TeSOModule(pl.LightningModule):
         picks = torch.stack([torch.randperm(t)[:k].sort().values for _ in range(batch.num_clips)])  # (B, k)
         return (picks + torch.arange(batch.num_clips)[:, None] * t).flatten().to(batch.audio.device)
 
-    def compute_losses(self, out: Any, batch: AVSBatch, frames: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def uncued_frames(batch: AVSBatch) -> torch.Tensor:
+        """``[N]`` True where a sounding object of the frame is not among its cues (clips with
+        negative audio excluded: their targets are empty whatever was heard)."""
+        if batch.frame_labels is None or batch.cue_labels is None:
+            raise ValueError("model.train_uncued: false needs each frame's sounding labels and its cues' categories "
+                             "(the manifest's `labels` column and a vocabulary); this data has none: set it to true")
+        miss = (batch.frame_labels & ~batch.cue_labels).any(1)
+        if batch.negative is not None:
+            miss = miss & ~batch.negative.to(miss.device).repeat_interleave(batch.clip_len)
+        return miss
+
+    def compute_losses(self, out: Any, batch: AVSBatch, frames: torch.Tensor | None = None, *,
+                       skip_uncued: bool = False) -> dict[str, torch.Tensor]:
         """Loss terms switched on (weight > 0) and applicable to this batch, before their weights.
 
         ``frames``: the rows ``out`` was decoded for (``sample_frames``), None = all.
         ``aux`` is already the BCE- and dice-weighted sum over the earlier decoder stages.
+        ``skip_uncued``: no mask loss on :meth:`uncued_frames` (``train_uncued: false``, training only).
         """
         terms: dict[str, torch.Tensor] = {}
         masks, valid, class_masks = batch.masks, batch.mask_valid, batch.class_masks
+        if skip_uncued:
+            valid = valid & ~self.uncued_frames(batch).to(valid.device)
         if frames is not None:
             masks, valid = masks[frames], valid[frames]
             class_masks = None if class_masks is None else class_masks[frames]
@@ -217,7 +242,8 @@ class TeSOModule(pl.LightningModule):
     def _shared_step(self, batch: AVSBatch, stage: str) -> torch.Tensor:
         frames = self.sample_frames(batch) if stage == "train" else None
         out = self(batch, frames)
-        terms = self.compute_losses(out, batch, frames)
+        skip_uncued = stage == "train" and not self.hparams.train_uncued
+        terms = self.compute_losses(out, batch, frames, skip_uncued=skip_uncued)
         loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
         finite = bool(torch.isfinite(loss))
         if not self._all_ranks(finite):
@@ -234,6 +260,9 @@ class TeSOModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         for k, v in terms.items():
             self.log(f"{stage}/loss_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
+        if skip_uncued:
+            self.log("train/uncued_share", self.uncued_frames(batch).float().mean(), on_step=False, on_epoch=True,
+                     batch_size=bs)
         if stage == "train" and self.infonce is not None:
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
         if stage != "test" and getattr(out, "pmqs_attn", None) is not None:
