@@ -82,9 +82,12 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     assert "## Where the cues miss" in md and "| teso (`cot`) | counter_bias | missed | 100 |" in md
     # a rerun with unchanged inputs reuses every finished job
     stamp = (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns
-    run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",
-              out_dir=out, jobs=2, progress=False)
+    assert data["meta"]["reused"] == 0 and "**met**: make study <= 25 min" in md
+    again = run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None,
+                      runs_dir=tmp_path / "runs", out_dir=out, jobs=2, progress=False)
     assert (tmp_path / "runs" / "teso-s0" / "rows.json").stat().st_mtime_ns == stamp
+    # ... and says so: its wall time does not measure the time goal
+    assert again["meta"]["reused"] == 4 and "not measured: make study <= 25 min" in (out / "study.md").read_text()
     # scoring the validation split (to choose settings) re-scores the same runs without training them again
     trained = (tmp_path / "runs" / "teso-s0" / "export" / "model.safetensors").stat().st_mtime_ns
     val = run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",

@@ -149,7 +149,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     (run / ROWS).write_text(json.dumps({"rows": scores.rows, FRAME_IOU: scores.frame_iou, "data": scores.data,
                                         "split": split, "train_seconds": train_s,
                                         "eval_seconds": time.perf_counter() - t0 - (0 if rescore else train_s),
-                                        "parameters": parameter_count(run / "export"),
+                                        "parameters": parameter_count(run / "export"), "scored_at": time.time(),
                                         PROBE: onscreen_probe(run / "export", cache_root=cache_root)}, default=float))
     return run / ROWS
 
@@ -218,7 +218,7 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     cache_root = str(Path(cache_root).resolve()) if cache_root is not None else None
     todo = [(v, s) for s in range(seeds) for v in variants]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     running: list[tuple[str, int, subprocess.Popen, Path]] = []
     failed: list[dict[str, Any]] = []
     try:
@@ -236,6 +236,8 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs), "cues": cues or "config",
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
             "runs_dir": str(runs_dir), "split": split,
+            # jobs finished before this study started (same inputs): the wall time then measures less than all
+            "reused": sum(1 for r in results if r.get("scored_at", 0) < started),
             "load_average_15min": round(os.getloadavg()[2], 1)}  # how busy the machine was, for the wall time
     meta["coverage"], meta["coverage_notes"] = coverage_for(
         results, text_variants=[v for v in variants if parse_variant(v)[0] not in NO_CUES])
