@@ -123,6 +123,8 @@ def coverage_markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
               "paired difference | seeds ahead |", "|---|---|---|---|---|---|---|---|"]
     df = pd.DataFrame(rows)
     for (variant, sl, part), g in df[df["slice"].isin(slices)].groupby(["variant", "slice", "part"], sort=False):
+        if not g["frames"].any():
+            continue  # the cue set covers every frame of the slice (or misses every one): nothing to show
         d = (g["miou"] - g["miou_baseline"]).dropna()
         sd = lambda s: float(s.std(ddof=1)) if s.notna().sum() > 1 else 0.0  # noqa: E731
         fmt = lambda s: "–" if s.notna().sum() == 0 else f"{s.mean():.1f} ± {sd(s):.1f}"  # noqa: E731

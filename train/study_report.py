@@ -152,6 +152,9 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
     lines += _goal_lines(meta["goals"])
     for variant, its_goals in meta.get("goals_other", {}).items():
         lines += ["", f"### The same goals for `{variant}` in place of `teso`", ""] + _goal_lines(its_goals)
+    if any(g["met"] is False for g in meta["goals"]):
+        lines += ["", "A missed goal's reason: for the counter-bias gain, *Where the cues miss* below; what was "
+                  "tried (on validation) and the earlier studies: `docs/results.md`."]
     heads = ["mIoU normal", "mIoU mute", "Δm mute", "F normal", "empty % mute", "FPR % off-screen"]
     lines += ["", "## Mean ± std per variant, control and slice", "",
               "| variant | control | slice | n | " + " | ".join(heads) + " |", "|---" * (4 + len(heads)) + "|"]
