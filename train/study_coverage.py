@@ -127,8 +127,8 @@ def coverage_markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
             continue  # the cue set covers every frame of the slice (or misses every one): nothing to show
         d = (g["miou"] - g["miou_baseline"]).dropna()
         sd = lambda s: float(s.std(ddof=1)) if s.notna().sum() > 1 else 0.0  # noqa: E731
-        fmt = lambda s: "–" if s.notna().sum() == 0 else f"{s.mean():.1f} ± {sd(s):.1f}"  # noqa: E731
+        fmt = lambda s, sign="": "–" if s.notna().sum() == 0 else f"{s.mean():{sign}.1f} ± {sd(s):.1f}"  # noqa: E731
         lines.append(f"| {variant} (`{g['cue_set'].iloc[0]}`) | {sl} | {part} | {g['share'].mean():.0f} | "
-                     f"{fmt(g['miou'])} | {fmt(g['miou_baseline'])} | {fmt(d) if len(d) else '–'} | "
+                     f"{fmt(g['miou'])} | {fmt(g['miou_baseline'])} | {fmt(d, '+') if len(d) else '–'} | "
                      f"{int((d > 0).sum())} of {len(d)} |")
     return lines + [""]
