@@ -93,6 +93,7 @@ def test_study_two_seeds_one_epoch_writes_json_md_png(tmp_path):
     val = run_study(variants=["teso", "audio_only"], seeds=2, configs=configs, cache_root=None, runs_dir=tmp_path / "runs",
                     out_dir=tmp_path / "reports" / "val", jobs=2, progress=False, split="val")
     assert val["meta"]["split"] == "val" and not val["meta"]["failed"]
+    assert val["meta"]["reused"] == 4  # rescored, not trained: its wall time is no measure of the time goal
     assert json.loads((tmp_path / "runs" / "teso-s0" / "rows.json").read_text())["split"] == "val"
     assert "Validation split" in (tmp_path / "reports" / "val" / "study.md").read_text()
     assert (tmp_path / "runs" / "teso-s0" / "export" / "model.safetensors").stat().st_mtime_ns == trained

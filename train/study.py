@@ -140,16 +140,17 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     t0 = time.perf_counter()
     rescore = same and (run / "export" / "config.yaml").exists()  # exported = trained: another split only rescores
     if rescore:
-        train_s = json.loads((run / ROWS).read_text())["train_seconds"] if (run / ROWS).exists() else float("nan")
+        before = json.loads((run / ROWS).read_text()) if (run / ROWS).exists() else {}
+        train_s, trained_at = before.get("train_seconds", float("nan")), before.get("trained_at", 0.0)
     else:
         fit_main(args)
-        train_s = time.perf_counter() - t0
+        train_s, trained_at = time.perf_counter() - t0, time.time()
     scores = evaluate_run(run / "export", variant=variant, seed=seed, controls=controls_for(variant, controls),
                           cache_root=cache_root, split=split)
     (run / ROWS).write_text(json.dumps({"rows": scores.rows, FRAME_IOU: scores.frame_iou, "data": scores.data,
                                         "split": split, "train_seconds": train_s,
                                         "eval_seconds": time.perf_counter() - t0 - (0 if rescore else train_s),
-                                        "parameters": parameter_count(run / "export"), "scored_at": time.time(),
+                                        "parameters": parameter_count(run / "export"), "trained_at": trained_at,
                                         PROBE: onscreen_probe(run / "export", cache_root=cache_root)}, default=float))
     return run / ROWS
 
@@ -236,8 +237,9 @@ def run_study(*, variants: Sequence[str], seeds: int, configs: Sequence[str] = D
     meta = {"variants": list(variants), "seeds": seeds, "jobs": jobs, "configs": list(configs), "cues": cues or "config",
             "train_args": list(train_args), "wall_seconds": time.perf_counter() - t0, "failed": failed,
             "runs_dir": str(runs_dir), "split": split,
-            # jobs finished before this study started (same inputs): the wall time then measures less than all
-            "reused": sum(1 for r in results if r.get("scored_at", 0) < started),
+            # jobs trained before this study started (same inputs; reused or only rescored): the wall
+            # time then measures less than the whole study
+            "reused": sum(1 for r in results if r.get("trained_at", 0) < started),
             "load_average_15min": round(os.getloadavg()[2], 1)}  # how busy the machine was, for the wall time
     meta["coverage"], meta["coverage_notes"] = coverage_for(
         results, text_variants=[v for v in variants if parse_variant(v)[0] not in NO_CUES])

@@ -68,8 +68,8 @@ def goals(summary: pd.DataFrame, wall_min: float | None, teso: str = "teso", bas
           rows: pd.DataFrame | None = None, reused: int = 0) -> list[dict[str, Any]]:
     """Each goal of issue 13: text, met (True/False/None = not measured), the numbers (``rows``: the
     per-seed rows, for the paired view of the counter-bias goal; ``wall_min`` None: leave out the
-    study's own time goal, e.g. for a second text variant of the same study; ``reused`` runs finished
-    before the study started: its wall time then does not measure the time goal)."""
+    study's own time goal, e.g. for a second text variant of the same study; ``reused``: runs trained
+    before the study started, whose wall time then does not measure the time goal)."""
     out = []
 
     def add(text: str, met: bool | None, numbers: str) -> None:
@@ -107,8 +107,8 @@ def goals(summary: pd.DataFrame, wall_min: float | None, teso: str = "teso", bas
         (t[0] >= TODAY_ALL_MIOU) if t else None, f"{t[0]:.2f} ± {t[1]:.2f}" if t else "not measured")
     if wall_min is not None:
         add(f"make study <= {WALL_GOAL_MIN:.0f} min", None if reused else wall_min <= WALL_GOAL_MIN,
-            f"{wall_min:.1f} min wall" + (f", {reused} run(s) reused from an earlier study: not a measure of the "
-                                          "goal (run it in a new runs folder)" if reused else ""))
+            f"{wall_min:.1f} min wall" + (f", {reused} run(s) trained before it: not a measure of the goal "
+                                          "(run it in a new runs folder)" if reused else ""))
     return out
 
 
@@ -137,7 +137,7 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
     lines = ["# Multi-seed study", "",
              f"{meta['date']}, {meta['machine']}; {len(meta['variants'])} variants x {meta['seeds']} seeds, "
              f"{meta['jobs']} jobs side by side, " + _cue_sets_phrase(meta) + f"; wall time {wall:.1f} min"
-             + (f" with {meta['reused']} finished run(s) reused" if meta.get("reused") else "")
+             + (f" with {meta['reused']} run(s) trained before it" if meta.get("reused") else "")
              + (f" (15-min load average at the end: {meta['load_average_15min']})" if "load_average_15min" in meta else "")
              + ". "
              + ("Validation split (for choosing settings). " if meta.get("split") == "val" else
@@ -153,8 +153,10 @@ def study_markdown(rows: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, An
     for variant, its_goals in meta.get("goals_other", {}).items():
         lines += ["", f"### The same goals for `{variant}` in place of `teso`", ""] + _goal_lines(its_goals)
     if any(g["met"] is False for g in meta["goals"]):
-        lines += ["", "A missed goal's reason: for the counter-bias gain, *Where the cues miss* below; what was "
-                  "tried (on validation) and the earlier studies: `docs/results.md`."]
+        gain_missed = meta["goals"][0]["met"] is False  # the counter-bias goal comes first
+        lines += ["", "What was tried for the missed goals (on validation) and the earlier studies: `docs/results.md`"
+                  + ("; the counter-bias gain split by the cues' coverage: *Where the cues miss* below." if gain_missed
+                     else ".")]
     heads = ["mIoU normal", "mIoU mute", "Δm mute", "F normal", "empty % mute", "FPR % off-screen"]
     lines += ["", "## Mean ± std per variant, control and slice", "",
               "| variant | control | slice | n | " + " | ".join(heads) + " |", "|---" * (4 + len(heads)) + "|"]
