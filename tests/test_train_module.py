@@ -141,7 +141,7 @@ def test_train_uncued_false_drops_the_mask_loss_of_frames_whose_sounding_object_
     module = make_module(train_uncued=False)
     assert module.uncued_frames(b).tolist() == [True] * t + [False] * (n - t)
     out = module(b)
-    skipped = module.compute_losses(out, b, skip_uncued=True)
+    skipped = module.compute_losses(out, b, skip=module.uncued_frames(b))
     by_hand = module.compute_losses(out, dataclasses.replace(b, mask_valid=b.mask_valid & ~module.uncued_frames(b)))
     for k in ("bce", "dice", "null"):
         torch.testing.assert_close(skipped[k], by_hand[k])
@@ -151,7 +151,7 @@ def test_train_uncued_false_drops_the_mask_loss_of_frames_whose_sounding_object_
     assert not module.uncued_frames(negative).any()
     # the training step skips them, validation does not; data without labels is refused by name
     assert module._shared_step(b, "train").item() == pytest.approx(
-        sum(module.weights[k] * v for k, v in module.compute_losses(module(b), b, skip_uncued=True).items()).item())
+        sum(module.weights[k] * v for k, v in module.compute_losses(module(b), b, skip=module.uncued_frames(b)).items()).item())
     with pytest.raises(ValueError, match="train_uncued"):
         module.uncued_frames(dataclasses.replace(b, cue_labels=None))
 

@@ -184,17 +184,17 @@ class TeSOModule(pl.LightningModule):
         return miss
 
     def compute_losses(self, out: Any, batch: AVSBatch, frames: torch.Tensor | None = None, *,
-                       skip_uncued: bool = False) -> dict[str, torch.Tensor]:
+                       skip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Loss terms switched on (weight > 0) and applicable to this batch, before their weights.
 
         ``frames``: the rows ``out`` was decoded for (``sample_frames``), None = all.
         ``aux`` is already the BCE- and dice-weighted sum over the earlier decoder stages.
-        ``skip_uncued``: no mask loss on :meth:`uncued_frames` (``train_uncued: false``, training only).
+        ``skip``: ``[N]`` frames left out of the mask losses (:meth:`uncued_frames` under ``train_uncued: false``).
         """
         terms: dict[str, torch.Tensor] = {}
         masks, valid, class_masks = batch.masks, batch.mask_valid, batch.class_masks
-        if skip_uncued:
-            valid = valid & ~self.uncued_frames(batch).to(valid.device)
+        if skip is not None:
+            valid = valid & ~skip.to(valid.device)
         if frames is not None:
             masks, valid = masks[frames], valid[frames]
             class_masks = None if class_masks is None else class_masks[frames]
@@ -242,8 +242,8 @@ class TeSOModule(pl.LightningModule):
     def _shared_step(self, batch: AVSBatch, stage: str) -> torch.Tensor:
         frames = self.sample_frames(batch) if stage == "train" else None
         out = self(batch, frames)
-        skip_uncued = stage == "train" and not self.hparams.train_uncued
-        terms = self.compute_losses(out, batch, frames, skip_uncued=skip_uncued)
+        uncued = self.uncued_frames(batch) if stage == "train" and not self.hparams.train_uncued else None
+        terms = self.compute_losses(out, batch, frames, skip=uncued)
         loss = sum((self.weights[k] * v for k, v in terms.items()), out.mask_logits.new_zeros(()))
         finite = bool(torch.isfinite(loss))
         if not self._all_ranks(finite):
@@ -260,9 +260,8 @@ class TeSOModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs, sync_dist=stage != "train")
         for k, v in terms.items():
             self.log(f"{stage}/loss_{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage != "train")
-        if skip_uncued:
-            self.log("train/uncued_share", self.uncued_frames(batch).float().mean(), on_step=False, on_epoch=True,
-                     batch_size=bs)
+        if uncued is not None:
+            self.log("train/uncued_share", uncued.float().mean(), on_step=False, on_epoch=True, batch_size=bs)
         if stage == "train" and self.infonce is not None:
             self.log("train/infonce_temperature", self.infonce.temperature, on_step=False, on_epoch=True, batch_size=bs)
         if stage != "test" and getattr(out, "pmqs_attn", None) is not None:

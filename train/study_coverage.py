@@ -108,6 +108,14 @@ def coverage_for(results: Sequence[dict[str, Any]], *, text_variants: Sequence[s
     return coverage_rows(results, coverage, cue_set_of, baseline), notes
 
 
+def _mean_std(values: pd.Series, sign: str = "") -> str:
+    """``mean ± std`` over seeds (sample std; 0 with one value), ``–`` with none."""
+    v = values.dropna()
+    if v.empty:
+        return "–"
+    return f"{v.mean():{sign}.1f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.1f}"
+
+
 def coverage_markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (), baseline: str = "audio_only",
                       slices: Sequence[str] = ("all", "counter_bias")) -> list[str]:
     """The study.md section: per text variant, slice and part, mean ± std over seeds and the paired view."""
@@ -126,9 +134,7 @@ def coverage_markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = (),
         if not g["frames"].any():
             continue  # the cue set covers every frame of the slice (or misses every one): nothing to show
         d = (g["miou"] - g["miou_baseline"]).dropna()
-        sd = lambda s: float(s.std(ddof=1)) if s.notna().sum() > 1 else 0.0  # noqa: E731
-        fmt = lambda s, sign="": "–" if s.notna().sum() == 0 else f"{s.mean():{sign}.1f} ± {sd(s):.1f}"  # noqa: E731
         lines.append(f"| {variant} (`{g['cue_set'].iloc[0]}`) | {sl} | {part} | {g['share'].mean():.0f} | "
-                     f"{fmt(g['miou'])} | {fmt(g['miou_baseline'])} | {fmt(d, '+') if len(d) else '–'} | "
+                     f"{_mean_std(g['miou'])} | {_mean_std(g['miou_baseline'])} | {_mean_std(d, '+')} | "
                      f"{int((d > 0).sum())} of {len(d)} |")
     return lines + [""]
