@@ -140,7 +140,7 @@ def one_job(variant: str, seed: int, *, configs: Sequence[str], runs_dir: Path, 
     t0 = time.perf_counter()
     rescore = same and (run / "export" / "config.yaml").exists()  # exported = trained: another split only rescores
     if rescore:
-        before = json.loads((run / ROWS).read_text()) if (run / ROWS).exists() else {}
+        before = done or {}  # the rows.json read above (same inputs): its training figures carry over
         train_s, trained_at = before.get("train_seconds", float("nan")), before.get("trained_at", 0.0)
     else:
         fit_main(args)
